@@ -1,0 +1,17 @@
+"""layerasync: how much gradient communication can hide behind computation.
+
+The Python API has pycaffe's shape::
+
+    import layerasync
+    net = layerasync.Net(layerasync.models.path('lenet'), layerasync.TRAIN)
+    net.blobs['data'].data[...] = images
+    net.forward(); net.backward()
+    net.params['conv1'][0].diff      # the first convolution's weight gradient
+"""
+from . import models  # noqa: F401
+from .blob import Blob  # noqa: F401
+from .layers import LayerError, NetError  # noqa: F401
+from .net import TEST, TRAIN, Net  # noqa: F401
+from .proto import ProtoError  # noqa: F401
+
+__version__ = '0.1.0'

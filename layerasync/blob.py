@@ -1,0 +1,140 @@
+"""Blob (data + diff) and the parameter arenas.
+
+A Blob is Caffe's unit of storage: an N-d array ``data`` and its gradient
+``diff`` of the same shape. Activation blobs own their memory and keep their
+capacity across reshapes, so a net that runs at a fixed batch size never
+allocates in the hot path.
+
+Parameter blobs are views into two flat arrays, the *arenas*: one for the
+values, one for the gradients, laid out identically and ordered by backward
+readiness (the last layer's parameters first). A layer's parameters, or a run
+of consecutive layers, are then one contiguous slice that the communicator can
+reduce in place, and the solver's per-layer update is a few vector operations
+on that slice.
+"""
+import numpy as np
+
+__all__ = ['Blob', 'Arena']
+
+
+class Blob:
+    """An array ``data`` and its gradient ``diff``, both of ``shape``."""
+
+    __slots__ = ('name', 'dtype', '_data', '_diff', '_buf_data', '_buf_diff', '_shape')
+
+    def __init__(self, shape=(), dtype=np.float32, name=''):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self._buf_data = self._buf_diff = np.zeros(0, self.dtype)
+        self._shape = None
+        self.reshape(shape)
+
+    def reshape(self, *shape):
+        """Give the blob a new shape; memory is reused when it fits."""
+        if len(shape) == 1 and not np.isscalar(shape[0]):
+            shape = shape[0]
+        shape = tuple(int(d) for d in shape)
+        if shape == self._shape:
+            return
+        if any(d < 0 for d in shape):
+            raise ValueError(f'blob {self.name!r}: negative dimension in shape {shape}')
+        count = int(np.prod(shape, dtype=np.int64))
+        if count > self._buf_data.size:
+            self._buf_data = np.zeros(count, self.dtype)
+            self._buf_diff = np.zeros(count, self.dtype)
+        self._data = self._buf_data[:count].reshape(shape)
+        self._diff = self._buf_diff[:count].reshape(shape)
+        self._shape = shape
+
+    def reshape_like(self, other):
+        self.reshape(other.shape)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        # Assignment copies into the blob (pycaffe semantics), keeping views valid.
+        self._data[...] = value
+
+    @property
+    def diff(self):
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        self._diff[...] = value
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count(self):
+        return self._data.size
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def count_range(self, start, end=None):
+        return int(np.prod(self._shape[start:end], dtype=np.int64))
+
+    def share(self, other, shape=None, diff=True):
+        """View ``other``'s data (and diff) under ``shape``, as Caffe's ShareData/ShareDiff.
+
+        Layers that only relabel memory (Split, Flatten, Reshape) call this in
+        every ``reshape``, so the view follows ``other`` if it reallocates.
+        """
+        shape = other.shape if shape is None else tuple(shape)
+        if not diff:
+            self.reshape(shape)
+        self._shape = shape
+        self._data = other._data.reshape(shape)
+        if diff:
+            self._diff = other._diff.reshape(shape)
+
+    def bind(self, data, diff):
+        """Make ``data``/``diff`` views of outside memory (the arenas)."""
+        assert data.shape == diff.shape == self._shape
+        self._buf_data, self._buf_diff = data.reshape(-1), diff.reshape(-1)
+        self._data, self._diff = data, diff
+
+    def __repr__(self):
+        return f'Blob({self.name!r}, shape={self._shape}, dtype={self.dtype.name})'
+
+
+class Arena:
+    """Two flat arrays, ``data`` and ``diff``, holding a net's parameter blobs.
+
+    ``segments`` maps each owner (a layer index) to its contiguous slice; the
+    order of ``owners`` given at construction is the order in memory.
+    """
+
+    def __init__(self, owners, dtype=np.float32):
+        """owners: list of (key, [Blob, ...]) in memory order."""
+        sizes = [sum(b.count for b in blobs) for _, blobs in owners]
+        total = int(sum(sizes))
+        self.data = np.zeros(total, dtype)
+        self.diff = np.zeros(total, dtype)
+        self.segments = {}
+        offset = 0
+        for (key, blobs), size in zip(owners, sizes):
+            self.segments[key] = slice(offset, offset + size)
+            for b in blobs:
+                view = slice(offset, offset + b.count)
+                self.data[view] = b.data.reshape(-1)
+                b.bind(self.data[view].reshape(b.shape), self.diff[view].reshape(b.shape))
+                offset += b.count
+
+    @property
+    def count(self):
+        return self.data.size
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+    def __repr__(self):
+        return f'Arena({len(self.segments)} segments, {self.count} values)'

@@ -1,0 +1,420 @@
+"""Net: a DAG of layers over named blobs, built from a Caffe NetParameter.
+
+Building follows Caffe's ``Net::Init``: keep the layers whose include/exclude
+rules match the phase, turn the legacy ``input:`` fields into an Input layer,
+insert a Split wherever a blob feeds several consumers, set every layer up in
+order (shape inference), then work out which layers and blobs need a backward
+pass. Finally the parameters are moved into the two arenas (values and
+gradients), ordered by backward readiness: the last layer's parameters first.
+
+``forward(before_layer=f)`` calls ``f(i)`` before layer ``i`` runs and
+``backward(after_layer=g)`` calls ``g(i)`` as soon as layer ``i``'s gradients
+are complete: the seams where communication strategies plug in.
+"""
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from . import proto, schema
+from .blob import Arena, Blob
+from .layers import LAYERS, NetError
+from .proto import Message
+
+__all__ = ['Net', 'TRAIN', 'TEST', 'load_net_param']
+
+TRAIN, TEST = 'TRAIN', 'TEST'
+
+
+def load_net_param(source):
+    """A NetParameter from a path, a prototxt string (with a newline or '{') or a Message."""
+    if isinstance(source, Message):
+        return source
+    source = os.fspath(source)
+    if not os.path.exists(source) and any(c in source for c in '\n{:'):
+        return proto.parse(source, schema.NetParameter)
+    return proto.parse_file(source, schema.NetParameter)
+
+
+def _state_matches(spec, state):
+    """Caffe's StateMeetsRule over include (any rule matches) / exclude (none)."""
+    def meets(rule):
+        if rule.phase is not None and rule.phase != state.phase:
+            return False
+        if rule.min_level is not None and state.level < rule.min_level:
+            return False
+        if rule.max_level is not None and state.level > rule.max_level:
+            return False
+        if any(s not in state.stage for s in rule.stage):
+            return False
+        return not any(s in state.stage for s in rule.not_stage)
+
+    if spec.include and spec.exclude:
+        raise NetError(f"{spec.where}: layer '{spec.name}' has both include and exclude rules; "
+                       'Caffe allows one kind only')
+    if spec.include:
+        return any(meets(r) for r in spec.include)
+    return not any(meets(r) for r in spec.exclude)
+
+
+def _legacy_inputs(param):
+    """The old top-level ``input:`` / ``input_shape`` / ``input_dim`` as an Input layer."""
+    if not param.input:
+        if param.input_shape or param.input_dim:
+            raise NetError(f'{param.where}: input_shape/input_dim given without input names')
+        return []
+    shapes = [list(s.dim) for s in param.input_shape]
+    if param.input_dim:
+        if len(param.input_dim) != 4 * len(param.input):
+            raise NetError(f"{param.where_of('input_dim')}: input_dim needs 4 values per input "
+                           f'({len(param.input)} inputs, {len(param.input_dim)} dims)')
+        shapes = [param.input_dim[4 * i:4 * i + 4] for i in range(len(param.input))]
+    if len(shapes) != len(param.input):
+        raise NetError(f"{param.where_of('input')}: {len(param.input)} inputs but "
+                       f'{len(shapes)} input shapes')
+    where = param.where_of('input')
+    layer = Message(schema.LayerParameter, where)
+    layer.name, layer.type, layer.top = 'input', 'Input', list(param.input)
+    layer.input_param = Message(schema.InputParameter, where,
+                                {'shape': [Message(schema.BlobShape, where, {'dim': s})
+                                           for s in shapes]})
+    return [layer]
+
+
+def _with_default_loss_weight(spec):
+    """Loss layers weigh their first top 1 unless told otherwise (Caffe's LossLayer).
+
+    Set before splits are inserted, so a loss that is also read by another
+    layer keeps its weight (the weight moves onto the split).
+    """
+    if spec.loss_weight or not LAYERS[spec.type].is_loss:
+        return spec
+    spec = spec.copy()
+    spec.loss_weight = [1.0]
+    return spec
+
+
+def _split_name(blob, layer, top_index, k=None):
+    base = f'{blob}_{layer}_{top_index}_split'
+    return base if k is None else f'{base}_{k}'
+
+
+def _insert_splits(specs):
+    """Caffe's InsertSplits: a blob read by several layers gets a Split layer."""
+    last_producer = {}   # blob name -> (layer index, top index)
+    source = {}          # (layer, bottom index) -> (layer, top index)
+    consumers = {}       # (layer, top index) -> number of consumers
+    for i, spec in enumerate(specs):
+        for j, name in enumerate(spec.bottom):
+            if name not in last_producer:
+                known = ', '.join(sorted(last_producer)) or 'none'
+                raise NetError(f"{spec.where_of('bottom')}: layer '{spec.name}' ({spec.type}): "
+                               f"unknown bottom blob '{name}'; blobs produced above it: {known}")
+            source[i, j] = last_producer[name]
+            consumers[last_producer[name]] = consumers.get(last_producer[name], 0) + 1
+        for j, name in enumerate(spec.top):
+            last_producer[name] = (i, j)
+            if j < len(spec.loss_weight) and spec.loss_weight[j] != 0:
+                consumers[i, j] = consumers.get((i, j), 0) + 1
+    out, used = [], {}
+    for i, spec in enumerate(specs):
+        spec = spec.copy()
+        for j, name in enumerate(spec.bottom):
+            src = source[i, j]
+            if consumers[src] > 1:
+                k = used.get(src, 0)
+                used[src] = k + 1
+                spec.bottom[j] = _split_name(name, specs[src[0]].name, src[1], k)
+        out.append(spec)
+        for j, name in enumerate(spec.top):
+            n = consumers.get((i, j), 0)
+            if n <= 1:
+                continue
+            split = Message(schema.LayerParameter, spec.where)
+            split.name, split.type = _split_name(name, spec.name, j), 'Split'
+            split.bottom = [name]
+            split.top = [_split_name(name, spec.name, j, k) for k in range(n)]
+            if j < len(spec.loss_weight) and spec.loss_weight[j] != 0:
+                # Consumers take the split's first outputs; the loss weight goes
+                # on the last one, which nothing else reads or overwrites.
+                split.loss_weight = [0.0] * (n - 1) + [spec.loss_weight[j]]
+                spec.loss_weight[j] = 0.0
+            out.append(split)
+    return out
+
+
+class Net:
+    """A network built from a prototxt, with pycaffe's interface.
+
+    ``Net(path_or_text, phase=TRAIN, dtype=np.float32, seed=0)``; ``phase``
+    may also be given as pycaffe's positional second argument. ``seed`` fixes
+    the weight fillers and every layer's random stream (dropout). ``data``
+    (a ``layerasync.data.DataOptions``: rank shard, synthetic data, ...) is
+    handed to every layer as ``layer.data_options`` before its setup.
+    """
+
+    def __init__(self, source, phase=TRAIN, dtype=np.float32, seed=0, stages=(), level=0,
+                 data=None):
+        if phase not in (TRAIN, TEST):
+            raise ValueError(f'phase must be layerasync.TRAIN or layerasync.TEST, not {phase!r}')
+        param = load_net_param(source)
+        self.param, self.phase, self.dtype = param, phase, np.dtype(dtype)
+        self.name = param.name
+        self.data_options = data
+        # As in pycaffe, the phase argument wins over the file's ``state { phase }``.
+        state = Message(schema.NetState, param.where,
+                        {'phase': phase, 'level': level, 'stage': list(stages) + list(param.state.stage)})
+        specs = _legacy_inputs(param) + [s for s in param.layer if _state_matches(s, state)]
+        for spec in specs:
+            if spec.type not in LAYERS:
+                raise NetError(f"{spec.where_of('type')}: layer '{spec.name}': unknown type "
+                               f"'{spec.type}'; known types: {', '.join(sorted(LAYERS))}")
+        self._check_names(specs)
+        specs = _insert_splits([_with_default_loss_weight(s) for s in specs])
+
+        self.layers, self.blobs = [], OrderedDict()
+        self.bottom_vecs, self.top_vecs, self.bottom_names, self.top_names = [], [], [], []
+        seq = np.random.SeedSequence(seed)
+        for i, (spec, child) in enumerate(zip(specs, seq.spawn(len(specs)))):
+            layer = LAYERS[spec.type](spec, phase, self.dtype, np.random.default_rng(child))
+            layer.data_options = data
+            self._connect(layer, spec)
+            self.layers.append(layer)
+            layer.setup(self.bottom_vecs[i], self.top_vecs[i])
+            layer.param_propagate_down = [True] * len(layer.blobs)
+            layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+        self._collect_params()
+        self._set_loss_weights()
+        self._plan_backward(param.force_backward)
+        consumed = {n for names in self.bottom_names for n in names}
+        self.outputs = [n for n in self.blobs if n not in consumed]
+        self.inputs = [n for layer, tops in zip(self.layers, self.top_names)
+                       if layer.type == 'Input' for n in tops]
+        self.loss = None
+
+    # -- building ---------------------------------------------------------
+    @staticmethod
+    def _check_names(specs):
+        seen = {}
+        for spec in specs:
+            if not spec.name:
+                raise NetError(f'{spec.where}: a layer of type {spec.type} has no name')
+            if spec.name in seen:
+                raise NetError(f"{spec.where}: layer name '{spec.name}' used twice "
+                               f'(first at {seen[spec.name]})')
+            seen[spec.name] = spec.where
+
+    def _connect(self, layer, spec):
+        lo, hi = layer.num_bottom
+        if len(spec.bottom) < lo or (hi is not None and len(spec.bottom) > hi):
+            raise layer.error(f'takes {_count_phrase(lo, hi)} bottom blobs, got {len(spec.bottom)}')
+        lo, hi = layer.num_top
+        if len(spec.top) < lo or (hi is not None and len(spec.top) > hi):
+            raise layer.error(f'takes {_count_phrase(lo, hi)} top blobs, got {len(spec.top)}')
+        bottoms = [self.blobs[name] for name in spec.bottom]
+        tops = []
+        for j, name in enumerate(spec.top):
+            if name in spec.bottom:
+                if not (layer.inplace and j == 0 and spec.bottom.index(name) == 0):
+                    raise layer.error(f"top '{name}' is also a bottom, but {layer.type} "
+                                      'cannot compute in place')
+                tops.append(self.blobs[name])
+                continue
+            if name in self.blobs:
+                raise layer.error(f"top blob '{name}' is already produced by an earlier layer "
+                                  '(only in-place layers may reuse a name)')
+            self.blobs[name] = Blob((), self.dtype, name)
+            tops.append(self.blobs[name])
+        self.bottom_vecs.append(bottoms)
+        self.top_vecs.append(tops)
+        self.bottom_names.append(list(spec.bottom))
+        self.top_names.append(list(spec.top))
+
+    def _collect_params(self):
+        self.params = OrderedDict()
+        self.param_specs = []    # per layer: list of ParamSpec Messages
+        for layer in self.layers:
+            specs = list(layer.spec.param)
+            if len(specs) > len(layer.blobs):
+                raise layer.error(f'{len(specs)} param {{ }} entries for {len(layer.blobs)} '
+                                  'parameter blobs')
+            specs += [Message(schema.ParamSpec, layer.spec.where)] * (len(layer.blobs) - len(specs))
+            for k, spec in enumerate(specs):
+                if spec.name:
+                    raise layer.error(f"param {{ name: '{spec.name}' }}: shared parameters "
+                                      'are not supported')
+                layer.param_propagate_down[k] = spec.lr_mult != 0
+            self.param_specs.append(specs)
+            if layer.blobs:
+                self.params[layer.name] = layer.blobs
+        self.param_layers = [i for i, layer in enumerate(self.layers) if layer.blobs]
+        # Backward readiness: the last layer's gradients are complete first.
+        order = list(reversed(self.param_layers))
+        self.arena = Arena([(i, self.layers[i].blobs) for i in order], self.dtype)
+
+    def _set_loss_weights(self):
+        self.loss_weights = []   # per layer: one weight per top
+        for layer, tops in zip(self.layers, self.top_vecs):
+            weights = list(layer.spec.loss_weight)
+            if len(weights) > len(tops):
+                raise layer.error(f'{len(weights)} loss_weight values for {len(tops)} tops')
+            weights += [0.0] * (len(tops) - len(weights))
+            for w, top in zip(weights, tops):
+                if w and top.count != 1:
+                    raise layer.error(f"loss_weight on top '{top.name}' of shape {top.shape}: "
+                                      'only scalar tops can be losses')
+            self.loss_weights.append(weights)
+
+    def _plan_backward(self, force_backward):
+        """Caffe's rules for which layers run backward and into which bottoms."""
+        n = len(self.layers)
+        blob_needs = {name: False for name in self.blobs}
+        self.layer_need_backward = [False] * n
+        self.bottom_need_backward = []
+        for i, layer in enumerate(self.layers):
+            need = any(layer.param_propagate_down)
+            bottom_need = []
+            for j, name in enumerate(self.bottom_names[i]):
+                b = blob_needs[name]
+                if layer.spec.propagate_down:
+                    if len(layer.spec.propagate_down) != len(self.bottom_names[i]):
+                        raise layer.error('propagate_down needs one value per bottom')
+                    b = layer.spec.propagate_down[j]
+                bottom_need.append(b)
+                need |= b
+            self.bottom_need_backward.append(bottom_need)
+            self.layer_need_backward[i] = need
+            for name in self.top_names[i]:
+                blob_needs[name] = blob_needs[name] or need
+        # Walk back from the losses: a layer that no loss depends on needs no backward.
+        under_loss, skip = set(), set()
+        for i in reversed(range(n)):
+            contributes = any(w != 0 or name in under_loss
+                              for w, name in zip(self.loss_weights[i], self.top_names[i]))
+            skip_down = all(name in skip for name in self.top_names[i])
+            if self.layer_need_backward[i] and skip_down and self.top_names[i]:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_names[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, name in enumerate(self.bottom_names[i]):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(name)
+        if force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                self.bottom_need_backward[i] = [
+                    b or layer.allow_force_backward(j)
+                    for j, b in enumerate(self.bottom_need_backward[i])]
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    # -- running ------------------------------------------------------------
+    def reshape(self):
+        """Propagate new input shapes through the net (as pycaffe's ``reshape``)."""
+        for i, layer in enumerate(self.layers):
+            layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+
+    def forward(self, blobs=None, start=None, end=None, before_layer=None, **inputs):
+        """Run the forward pass; returns ``{output name: data}`` and sets ``self.loss``.
+
+        ``inputs`` are copied into the named input blobs first (pycaffe's
+        ``net.forward(data=...)``); ``blobs`` lists extra blobs to return;
+        ``start``/``end`` are layer names bounding the pass.
+        """
+        for name, value in inputs.items():
+            if name not in self.blobs:
+                raise NetError(f"forward(): no blob named '{name}' in net '{self.name}'")
+            blob = self.blobs[name]
+            value = np.asarray(value)
+            if value.shape != blob.shape:
+                raise NetError(f"forward(): input '{name}' has shape {value.shape}, the net "
+                               f'expects {blob.shape}; reshape the blob and call net.reshape()')
+            blob.data[...] = value
+        first = self._index(start, 0)
+        last = self._index(end, len(self.layers) - 1)
+        loss = 0.0
+        for i in range(first, last + 1):
+            if before_layer is not None:
+                before_layer(i)
+            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for w, blob in zip(self.loss_weights[i], top):
+                if w:
+                    loss += w * float(blob.data.reshape(-1)[0])
+        self.loss = loss
+        names = self.outputs if end is None else self.top_names[last]
+        out = OrderedDict((name, self.blobs[name].data) for name in names)
+        for name in blobs or ():
+            out[name] = self.blobs[name].data
+        return out
+
+    def backward(self, start=None, end=None, after_layer=None):
+        """Run backward from the losses; ``after_layer(i)`` follows layer i's backward.
+
+        Parameter gradients are *added* to ``diff``; call
+        ``clear_param_diffs()`` between steps (the solver does).
+        Returns ``{input name: diff}`` as pycaffe does.
+        """
+        first = self._index(start, len(self.layers) - 1)
+        last = self._index(end, 0)
+        for i in range(first, last - 1, -1):
+            for w, blob in zip(self.loss_weights[i], self.top_vecs[i]):
+                if w:
+                    blob.diff[...] = w
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                        self.bottom_vecs[i])
+            if after_layer is not None:
+                after_layer(i)
+        return OrderedDict((name, self.blobs[name].diff) for name in self.inputs)
+
+    def clear_param_diffs(self):
+        self.arena.diff[...] = 0
+
+    def forward_backward(self):
+        self.forward()
+        self.backward()
+        return self.loss
+
+    # -- lookup -------------------------------------------------------------
+    def _index(self, name, default):
+        if name is None:
+            return default
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise NetError(f"no layer named '{name}' in net '{self.name}'")
+
+    @property
+    def layer_dict(self):
+        return OrderedDict((layer.name, layer) for layer in self.layers)
+
+    @property
+    def layer_names(self):
+        return [layer.name for layer in self.layers]
+
+    def param_slice(self, i):
+        """Layer i's contiguous slice of ``arena.data`` / ``arena.diff``."""
+        return self.arena.segments[i]
+
+    def copy_from(self, other):
+        """Copy parameter values from another net with the same parameters."""
+        for name, blobs in self.params.items():
+            if name in other.params:
+                for b, o in zip(blobs, other.params[name]):
+                    b.data[...] = o.data
+
+    def __repr__(self):
+        return f"<Net '{self.name}' {self.phase}: {len(self.layers)} layers, " \
+               f'{self.arena.count} parameters>'
+
+
+def _count_phrase(lo, hi):
+    if hi is None:
+        return f'at least {lo}'
+    return f'{lo}' if lo == hi else f'{lo} to {hi}'
