@@ -402,12 +402,21 @@ class Net:
         """Layer i's contiguous slice of ``arena.data`` / ``arena.diff``."""
         return self.arena.segments[i]
 
-    def copy_from(self, other):
-        """Copy parameter values from another net with the same parameters."""
+    def share_params_from(self, other):
+        """View ``other``'s parameter values (Caffe's ShareTrainedLayersWith).
+
+        Layers of the same name then read the same memory, so a test net always
+        sees the current training weights without a copy.
+        """
         for name, blobs in self.params.items():
-            if name in other.params:
-                for b, o in zip(blobs, other.params[name]):
-                    b.data[...] = o.data
+            theirs = other.params.get(name)
+            if theirs is None:
+                continue
+            if [b.shape for b in blobs] != [b.shape for b in theirs]:
+                raise NetError(f"layer '{name}': parameter shapes {[b.shape for b in blobs]} "
+                               f"differ from the other net's {[b.shape for b in theirs]}")
+            for mine, src in zip(blobs, theirs):
+                mine.bind(src.data, mine.diff)
 
     def __repr__(self):
         return f"<Net '{self.name}' {self.phase}: {len(self.layers)} layers, " \

@@ -249,6 +249,10 @@ class Message:
     def has(self, name):
         return name in self._values
 
+    def items(self):
+        """The fields that were set, as (name, value) pairs."""
+        return list(self._values.items())
+
     def where_of(self, name):
         return self._positions.get(name, self.where)
 

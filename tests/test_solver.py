@@ -1,0 +1,240 @@
+"""Solvers against hand-computed updates; lr policies; per-layer update == full step;
+snapshots (atomic, refused for another net) and solver-file errors."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+import layerasync as la
+from layerasync import proto, schema
+from layerasync.solver import SolverError, get_solver, load_weights
+
+NET = '''name: "tiny"
+layer { name: "input" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } } }
+layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "h" %s
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" }
+                              bias_filler { type: "uniform" min: -0.1 max: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
+layer { name: "fc2" type: "InnerProduct" bottom: "h" top: "out"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "out" bottom: "label" top: "loss" }
+'''
+
+
+def solver_text(extra='', net_extra=''):
+    net = NET % net_extra
+    lr = '' if 'base_lr' in extra else 'base_lr: 0.1'
+    return f'net_param {{ {net} }}\n{lr}\n{extra}\n'
+
+
+def make(extra='', net_extra='', **kw):
+    s = get_solver(proto.parse(solver_text(extra, net_extra), schema.SolverParameter), **kw)
+    rng = np.random.default_rng(3)
+    s.net.blobs['data'].data[...] = rng.standard_normal((6, 4))
+    s.net.blobs['label'].data[...] = rng.integers(0, 3, 6)
+    return s
+
+
+def gradients(s):
+    """The gradient the solver will see at this iteration (float64 copies)."""
+    s.net.forward()
+    s.net.backward()
+    return s.net.arena.diff.astype(np.float64)
+
+
+@pytest.mark.parametrize('policy, extra, expected', [
+    ('fixed', '', lambda it: 0.1),
+    ('step', 'gamma: 0.5 stepsize: 3', lambda it: 0.1 * 0.5 ** (it // 3)),
+    ('exp', 'gamma: 0.9', lambda it: 0.1 * 0.9 ** it),
+    ('inv', 'gamma: 0.01 power: 0.75', lambda it: 0.1 * (1 + 0.01 * it) ** -0.75),
+    ('multistep', 'gamma: 0.1 stepvalue: 2 stepvalue: 5',
+     lambda it: 0.1 * 0.1 ** ((it >= 2) + (it >= 5))),
+    ('poly', 'power: 2 max_iter: 10', lambda it: 0.1 * (1 - it / 10) ** 2),
+    ('sigmoid', 'gamma: -0.5 stepsize: 4', lambda it: 0.1 / (1 + math.exp(0.5 * (it - 4)))),
+])
+def test_learning_rate_policies(policy, extra, expected):
+    s = make(f'lr_policy: "{policy}" {extra}')
+    for it in range(9):
+        assert s.learning_rate(it) == pytest.approx(expected(it), rel=1e-12)
+
+
+def test_sgd_momentum_weight_decay_and_multipliers_by_hand():
+    s = make('momentum: 0.9 weight_decay: 0.01',
+             net_extra='param { lr_mult: 2 decay_mult: 0 } param { lr_mult: 0.5 decay_mult: 3 }')
+    mults = {}
+    for i in s.net.param_layers:
+        for view, lr_mult, decay_mult in s._plan[i]:
+            mults[view.start] = (view, lr_mult, decay_mult)
+    w = s.net.arena.data.astype(np.float64)
+    h = np.zeros_like(w)
+    for _ in range(3):
+        g = gradients(s)
+        for view, lr_mult, decay_mult in mults.values():
+            step = 0.9 * h[view] + 0.1 * lr_mult * (g[view] + 0.01 * decay_mult * w[view])
+            h[view] = step
+            w[view] -= step
+        s.update()
+        s.iter += 1
+        np.testing.assert_allclose(s.net.arena.data, w, rtol=1e-5, atol=1e-7)
+    assert (s.net.arena.diff == 0).all(), 'the update leaves gradients zeroed'
+    lr = sorted((m[1], m[2]) for m in mults.values())
+    assert lr == [(0.5, 3.0), (1.0, 1.0), (1.0, 1.0), (2.0, 0.0)]
+
+
+def test_l1_regularization_by_hand():
+    s = make('weight_decay: 0.05 regularization_type: "L1"')
+    w = s.net.arena.data.astype(np.float64)
+    g = gradients(s)
+    s.update()
+    np.testing.assert_allclose(s.net.arena.data, w - 0.1 * (g + 0.05 * np.sign(w)), rtol=1e-5, atol=1e-7)
+
+
+def test_nesterov_by_hand():
+    s = make('type: "Nesterov" momentum: 0.8')
+    w = s.net.arena.data.astype(np.float64)
+    h = np.zeros_like(w)
+    for _ in range(3):
+        g = gradients(s)
+        new = 0.8 * h + 0.1 * g
+        w -= 1.8 * new - 0.8 * h
+        h = new
+        s.update()
+        s.iter += 1
+    np.testing.assert_allclose(s.net.arena.data, w, rtol=1e-5, atol=1e-7)
+
+
+def test_adam_by_hand():
+    s = make('type: "Adam" momentum: 0.9 momentum2: 0.99 delta: 1e-6 base_lr: 0.01')
+    w = s.net.arena.data.astype(np.float64)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, 4):
+        g = gradients(s)
+        m = 0.9 * m + 0.1 * g
+        v = 0.99 * v + 0.01 * g * g
+        w -= 0.01 * math.sqrt(1 - 0.99 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-6)
+        s.update()
+        s.iter += 1
+    np.testing.assert_allclose(s.net.arena.data, w, rtol=1e-4, atol=1e-6)
+
+
+def test_legacy_solver_type_and_unknown_type():
+    assert make('solver_type: NESTEROV').type == 'Nesterov'
+    with pytest.raises(SolverError, match="unknown solver type 'AdaMax'; known: SGD, Nesterov, Adam"):
+        make('type: "AdaMax"')
+
+
+def test_clip_gradients_scales_to_the_threshold():
+    s = make('clip_gradients: 0.01')
+    w = s.net.arena.data.astype(np.float64)
+    g = gradients(s)
+    norm = np.linalg.norm(g)
+    assert norm > 0.01
+    s.update()
+    np.testing.assert_allclose(s.net.arena.data, w - 0.1 * g * (0.01 / norm), rtol=1e-5, atol=1e-8)
+    assert s.needs_all_gradients
+
+
+def test_grad_scale_and_iter_size_fold_into_the_update():
+    a, b = make(), make('iter_size: 4')
+    b.grad_scale = 0.5
+    for s, factor in ((a, 1.0), (b, 8.0)):
+        s.net.forward()
+        s.net.backward()
+        s.net.arena.diff *= factor  # as if summed over 2 ranks and 4 accumulations
+        s.update()
+    np.testing.assert_allclose(a.net.arena.data, b.net.arena.data, rtol=1e-6)
+
+
+def test_full_step_is_exactly_every_layer_updated():
+    one, per_layer = make('momentum: 0.9 weight_decay: 0.001'), make('momentum: 0.9 weight_decay: 0.001')
+    for _ in range(3):
+        for s in (one, per_layer):
+            s.net.forward()
+            s.net.backward()
+        one.update()
+        per_layer.begin_update()
+        for i in reversed(per_layer.net.param_layers):  # any order: layers are independent
+            per_layer.update_layer(i)
+        for s in (one, per_layer):
+            s.iter += 1
+    np.testing.assert_array_equal(one.net.arena.data, per_layer.net.arena.data)
+    np.testing.assert_array_equal(one.history[0], per_layer.history[0])
+
+
+def test_step_trains_the_tiny_net():
+    s = make('momentum: 0.9')
+    s.net.forward()
+    first = s.net.loss
+    s.step(30)
+    assert s.iter == 30
+    s.net.forward()
+    assert s.net.loss < 0.5 * first
+
+
+def test_snapshot_round_trip_and_atomic_files(tmp_path):
+    s = make('momentum: 0.9')
+    s.step(2)
+    path = s.snapshot(str(tmp_path / 'run'), extra={'note': np.arange(3)})
+    assert path.endswith('run_iter_2.solverstate.npz')
+    assert sorted(os.listdir(tmp_path)) == ['run_iter_2.solverstate.npz', 'run_iter_2.weights.npz']
+    s.step(3)
+    expected = s.net.arena.data.copy()
+    t = make('momentum: 0.9')
+    extra = t.restore(path)
+    np.testing.assert_array_equal(extra['note'], np.arange(3))
+    assert t.iter == 2
+    t.step(3)
+    np.testing.assert_array_equal(t.net.arena.data, expected)
+
+
+def test_snapshot_of_another_net_is_refused(tmp_path):
+    s = make()
+    path = s.snapshot(str(tmp_path / 'a'))
+    other = get_solver(proto.parse(solver_text().replace('num_output: 5', 'num_output: 7'),
+                                   schema.SolverParameter))
+    with pytest.raises(SolverError, match=r'fc1/0: file has shape \(5, 4\), net has \(7, 4\)'):
+        other.restore(path)
+    with pytest.raises(SolverError, match='no such snapshot file'):
+        other.restore(str(tmp_path / 'missing.solverstate.npz'))
+    weights = str(tmp_path / 'a_iter_0.weights.npz')
+    renamed = get_solver(proto.parse(solver_text().replace('"fc2"', '"fc9"'), schema.SolverParameter))
+    with pytest.raises(SolverError, match='fc2/0: in the file, not in the net'):
+        load_weights(renamed.net, weights, strict=True)
+    load_weights(renamed.net, weights)  # fine-tuning: fc9 keeps its own initial values
+
+
+@pytest.mark.parametrize('extra, message', [
+    ('lr_policy: "cosine"', "unknown lr_policy 'cosine'; known: fixed, step, exp, inv, multistep, poly, sigmoid"),
+    ('lr_policy: "step" stepsize: 3', "lr_policy 'step' needs 'gamma' in the solver"),
+    ('lr_policy: "multistep" gamma: 0.1', "lr_policy 'multistep' needs 'stepvalue'"),
+    ('iter_size: 0', 'iter_size must be >= 1'),
+    ('regularization_type: "L3"', 'regularization_type must be L1 or L2'),
+    ('test_iter: 3', None),
+])
+def test_solver_file_errors(extra, message):
+    if message is None:
+        assert len(make(extra).test_nets) == 1
+        return
+    with pytest.raises(SolverError, match=message):
+        make(extra)
+
+
+def test_missing_base_lr_and_net(tmp_path):
+    with pytest.raises(SolverError, match='base_lr is required'):
+        get_solver(proto.parse('net: "x.prototxt"', schema.SolverParameter))
+    f = tmp_path / 'solver.prototxt'
+    f.write_text('base_lr: 0.1\n')
+    with pytest.raises(SolverError, match='solver names no net'):
+        get_solver(str(f))
+    f.write_text('base_lr: 0.1\nnet: "nope.prototxt"\n')
+    with pytest.raises(la.ProtoError, match='nope.prototxt: no such file'):
+        get_solver(str(f))
+
+
+def test_net_path_is_found_beside_the_solver(tmp_path, monkeypatch):
+    (tmp_path / 'tiny.prototxt').write_text(NET % '')
+    (tmp_path / 'solver.prototxt').write_text('net: "tiny.prototxt"\nbase_lr: 0.1\n')
+    monkeypatch.chdir('/')
+    assert get_solver(str(tmp_path / 'solver.prototxt')).net.name == 'tiny'
