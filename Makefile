@@ -22,8 +22,16 @@ $(STAMP): setup.cfg setup.py
 demo: $(STAMP)
 	$(VENV)/bin/layerasync demo
 
+# The serial run includes tests/mpi at one rank; then the MPI tests on 2 ranks,
+# and once more with MPICH's own asynchronous progress thread. `timeout` turns a
+# hang into a failure; a failing rank aborts the job (tests/mpi/conftest.py).
+MPIEXEC := $(VENV)/bin/mpiexec
+MPI_TESTS := timeout 900 $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider tests/mpi
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(MPI_TESTS)
+	MPIR_CVAR_ASYNC_PROGRESS=1 LAYERASYNC_TEST_PROGRESS=mpi $(MPI_TESTS) -k "communication_setting or rank_valued"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -119,6 +119,7 @@ class Arena:
         self.data = np.zeros(total, dtype)
         self.diff = np.zeros(total, dtype)
         self.segments = {}
+        self.views = []   # (Blob, slice)
         offset = 0
         for (key, blobs), size in zip(owners, sizes):
             self.segments[key] = slice(offset, offset + size)
@@ -126,7 +127,17 @@ class Arena:
                 view = slice(offset, offset + b.count)
                 self.data[view] = b.data.reshape(-1)
                 b.bind(self.data[view].reshape(b.shape), self.diff[view].reshape(b.shape))
+                self.views.append((b, view))
                 offset += b.count
+
+    def use_diff(self, diff):
+        """Make ``diff`` (same layout) the gradient arena: every parameter's
+        ``diff`` becomes a view of it. Lets a strategy keep several gradient
+        sets in flight while backward writes the next one."""
+        assert diff.shape == self.diff.shape and diff.dtype == self.diff.dtype
+        self.diff = diff
+        for b, view in self.views:
+            b.bind(b.data, diff[view].reshape(b.shape))
 
     @property
     def count(self):

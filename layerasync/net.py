@@ -21,7 +21,7 @@ from .blob import Arena, Blob
 from .layers import LAYERS, NetError
 from .proto import Message
 
-__all__ = ['Net', 'TRAIN', 'TEST', 'load_net_param']
+__all__ = ['Net', 'TRAIN', 'TEST', 'load_net_param', 'set_batch_size']
 
 TRAIN, TEST = 'TRAIN', 'TEST'
 
@@ -34,6 +34,19 @@ def load_net_param(source):
     if not os.path.exists(source) and any(c in source for c in '\n{:'):
         return proto.parse(source, schema.NetParameter)
     return proto.parse_file(source, schema.NetParameter)
+
+
+def set_batch_size(param, batch):
+    """Give every Data and Input layer of a NetParameter the batch size ``batch`` (in place)."""
+    for layer in param.layer:
+        if layer.type == 'Data':
+            layer.data_param.batch_size = batch
+        elif layer.type == 'Input':
+            for shape in layer.input_param.shape:
+                shape.dim[0] = batch
+    for shape in param.input_shape:
+        shape.dim[0] = batch
+    return param
 
 
 def _state_matches(spec, state):
@@ -417,6 +430,12 @@ class Net:
                                f"differ from the other net's {[b.shape for b in theirs]}")
             for mine, src in zip(blobs, theirs):
                 mine.bind(src.data, mine.diff)
+
+    def close(self):
+        """Stop the layers' background work (data prefetch threads)."""
+        for layer in self.layers:
+            if hasattr(layer, 'close'):
+                layer.close()
 
     def __repr__(self):
         return f"<Net '{self.name}' {self.phase}: {len(self.layers)} layers, " \

@@ -43,8 +43,9 @@ def load_solver_param(source):
 
 
 def _resolve(path, solver_file):
-    """Relative paths: from the working directory (Caffe), else from the solver's folder."""
-    if os.path.isabs(path) or os.path.exists(path) or solver_file is None:
+    """A relative net path: from the solver file's folder if it is there, else
+    from the working directory (Caffe's rule)."""
+    if os.path.isabs(path) or solver_file is None:
         return path
     beside = os.path.join(os.path.dirname(solver_file), path)
     return beside if os.path.exists(beside) else path
@@ -86,7 +87,10 @@ class Solver:
         self.test_nets = []
         for k, net_param in enumerate(self._test_net_params()):
             state = p.test_state[k] if k < len(p.test_state) else proto.Message(schema.NetState)
-            test = Net(net_param, TEST, seed=self.seed, data=self.data_options,
+            # Every rank tests on the whole test set (test_iter x batch covers it,
+            # as in Caffe), so the scores need no reduction.
+            whole = dataclasses.replace(self.data_options, rank=0, world_size=1)
+            test = Net(net_param, TEST, seed=self.seed, data=whole,
                        stages=state.stage, level=state.level)
             test.share_params_from(self.net)
             self.test_nets.append(test)
@@ -94,7 +98,7 @@ class Solver:
         arena = self.net.arena
         self.history = [np.zeros_like(arena.data) for _ in range(self.history_count)]
         self.grad_scale = 1.0
-        self.rate, self.clip_scale = None, 1.0
+        self.rate, self.clip_scale, self.update_iter = None, 1.0, 0
         self._plan = self._plan_updates()
 
     # -- construction -----------------------------------------------------
@@ -158,33 +162,44 @@ class Solver:
         """Clipping needs the global gradient norm before any layer is updated."""
         return self.param.clip_gradients > 0
 
-    def begin_update(self):
-        """Fix the learning rate and the clipping scale for this iteration."""
+    def begin_update(self, grad=None):
+        """Fix the learning rate, iteration and clipping scale of the coming update.
+
+        ``grad`` is the gradient buffer (default: the net's gradient arena);
+        clipping reads all of it, so every reduction must be complete.
+        """
+        self.update_iter = self.iter
         self.rate = self.learning_rate()
         self.clip_scale = 1.0
         if self.needs_all_gradients:
-            norm = math.sqrt(K.sum_of_squares(self.net.arena.diff)) * self.grad_scale
+            grad = self.net.arena.diff if grad is None else grad
+            norm = math.sqrt(K.sum_of_squares(grad)) * self.grad_scale
             if norm > self.param.clip_gradients:
                 self.clip_scale = self.param.clip_gradients / norm
 
-    def update_layer(self, i):
-        """Update layer ``i`` from its gradient, then zero that gradient."""
-        p, arena = self.param, self.net.arena
+    def update_layer(self, i, grad=None):
+        """Update layer ``i`` from its slice of ``grad`` (default: the gradient
+        arena), then zero that slice for the next accumulation."""
+        p = self.param
+        weights = self.net.arena.data
+        grad = self.net.arena.diff if grad is None else grad
         scale = self.grad_scale * self.clip_scale / p.iter_size
         l1 = p.regularization_type == 'L1'
         for view, lr_mult, decay_mult in self._plan[i]:
             if lr_mult == 0:
-                arena.diff[view] = 0.0  # only written under force_backward; never applied
+                grad[view] = 0.0  # only written under force_backward; never applied
             else:
-                self._apply(view, self.rate * lr_mult, p.weight_decay * decay_mult, scale, l1)
+                self._apply(weights[view], grad[view], [h[view] for h in self.history],
+                            self.rate * lr_mult, p.weight_decay * decay_mult, scale, l1)
 
-    def update(self):
+    def update(self, grad=None):
         """The whole step: exactly ``begin_update`` then every layer's update."""
-        self.begin_update()
+        self.begin_update(grad)
         for i in self.net.param_layers:
-            self.update_layer(i)
+            self.update_layer(i, grad)
 
-    def _apply(self, view, rate, decay, scale, l1):
+    def _apply(self, w, g, history, rate, decay, scale, l1):
+        """The update rule on one slice: weights, gradient, history slices."""
         raise NotImplementedError
 
     # -- iterating ---------------------------------------------------------
@@ -225,25 +240,25 @@ class Solver:
         ``extra`` (name -> array) is stored with the solver state (strategies
         keep in-flight gradients there). Returns the solver-state path.
         """
-        prefix = prefix if prefix is not None else self.param.snapshot_prefix
-        base = f'{prefix}_iter_{self.iter}'
-        weights = base + '.weights.npz'
+        path = self.snapshot_path(prefix)
+        weights = path[:-len('.solverstate.npz')] + '.weights.npz'
         _atomic_savez(weights, net_weights(self.net))
         state = {'iter': np.array(self.iter), 'type': np.array(self.type),
                  'weights': np.array(os.path.basename(weights))}
         for h, history in enumerate(self.history):
             for key, view in _per_blob(self.net, history).items():
                 state[f'history{h}/{key}'] = view
-        for layer in self.net.layers:
-            state[f'rng/{layer.name}'] = np.array(json.dumps(layer.rng.bit_generator.state))
-            if hasattr(layer, 'state_dict'):
-                for key, value in layer.state_dict().items():
-                    state[f'data/{layer.name}/{key}'] = np.asarray(value)
+        for prefix, net in self._nets():
+            state.update(_layer_states(net, prefix))
         for key, value in (extra or {}).items():
             state[f'extra/{key}'] = np.asarray(value)
-        path = base + '.solverstate.npz'
         _atomic_savez(path, state)
         return path
+
+    def snapshot_path(self, prefix=None):
+        """Where ``snapshot`` writes the solver state at the current iteration."""
+        prefix = prefix if prefix is not None else self.param.snapshot_prefix
+        return f'{prefix}_iter_{self.iter}.solverstate.npz'
 
     def restore(self, path):
         """Resume from a ``.solverstate.npz``: weights, history, iteration, RNG and data position.
@@ -260,15 +275,39 @@ class Solver:
             _copy_checked(views, {k[len(f'history{h}/'):]: v for k, v in state.items()
                                   if k.startswith(f'history{h}/')}, path)
         self.iter = int(state['iter'])
-        for layer in self.net.layers:
-            key = f'rng/{layer.name}'
-            if key in state:
-                layer.rng.bit_generator.state = json.loads(str(state[key]))
-            if hasattr(layer, 'load_state_dict'):
-                prefix = f'data/{layer.name}/'
-                layer.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                       if k.startswith(prefix)})
+        for prefix, net in self._nets():
+            _load_layer_states(net, prefix, state)
         return {k[len('extra/'):]: v for k, v in state.items() if k.startswith('extra/')}
+
+    def _nets(self):
+        """(snapshot key prefix, net) for the train net and every test net."""
+        return [('', self.net)] + [(f'test{k}/', net) for k, net in enumerate(self.test_nets)]
+
+    def close(self):
+        """Stop the nets' background work (data prefetching)."""
+        for _, net in self._nets():
+            net.close()
+
+
+def _layer_states(net, prefix):
+    """Every layer's random stream and, for data layers, the read position."""
+    state = {}
+    for layer in net.layers:
+        state[f'{prefix}rng/{layer.name}'] = np.array(json.dumps(layer.rng.bit_generator.state))
+        if hasattr(layer, 'state_dict'):
+            for key, value in layer.state_dict().items():
+                state[f'{prefix}data/{layer.name}/{key}'] = np.asarray(value)
+    return state
+
+
+def _load_layer_states(net, prefix, state):
+    for layer in net.layers:
+        key = f'{prefix}rng/{layer.name}'
+        if key in state:
+            layer.rng.bit_generator.state = json.loads(str(state[key]))
+        if hasattr(layer, 'load_state_dict'):
+            data = f'{prefix}data/{layer.name}/'
+            layer.load_state_dict({k[len(data):]: v for k, v in state.items() if k.startswith(data)})
 
 
 def _solver_file(param):
@@ -286,20 +325,16 @@ class SGDSolver(Solver):
     """Caffe's SGD with momentum: h = momentum h + rate g;  w -= h."""
     type = 'SGD'
 
-    def _apply(self, view, rate, decay, scale, l1):
-        arena = self.net.arena
-        K.sgd_update(arena.data[view], arena.diff[view], self.history[0][view],
-                     rate, self.param.momentum, decay, scale, l1)
+    def _apply(self, w, g, history, rate, decay, scale, l1):
+        K.sgd_update(w, g, history[0], rate, self.param.momentum, decay, scale, l1)
 
 
 class NesterovSolver(Solver):
     """Caffe's Nesterov momentum: w -= (1 + momentum) h' - momentum h."""
     type = 'Nesterov'
 
-    def _apply(self, view, rate, decay, scale, l1):
-        arena = self.net.arena
-        K.nesterov_update(arena.data[view], arena.diff[view], self.history[0][view],
-                          rate, self.param.momentum, decay, scale, l1)
+    def _apply(self, w, g, history, rate, decay, scale, l1):
+        K.nesterov_update(w, g, history[0], rate, self.param.momentum, decay, scale, l1)
 
 
 class AdamSolver(Solver):
@@ -307,13 +342,12 @@ class AdamSolver(Solver):
     type = 'Adam'
     history_count = 2
 
-    def _apply(self, view, rate, decay, scale, l1):
-        p, arena = self.param, self.net.arena
-        t = self.iter + 1
+    def _apply(self, w, g, history, rate, decay, scale, l1):
+        p = self.param
+        t = self.update_iter + 1
         corrected = rate * math.sqrt(1 - p.momentum2 ** t) / (1 - p.momentum ** t)
-        K.adam_update(arena.data[view], arena.diff[view], self.history[0][view],
-                      self.history[1][view], corrected, p.momentum, p.momentum2, p.delta,
-                      decay, scale, l1)
+        K.adam_update(w, g, history[0], history[1], corrected, p.momentum, p.momentum2,
+                      p.delta, decay, scale, l1)
 
 
 SOLVERS = {'SGD': SGDSolver, 'Nesterov': NesterovSolver, 'Adam': AdamSolver}

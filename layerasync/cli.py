@@ -1,0 +1,240 @@
+"""The ``layerasync`` command, shaped after Caffe's tool.
+
+    layerasync train --solver S [--weights W | --snapshot S] [--set field=value ...]
+    layerasync test  --model M --weights W [--iterations N]
+    layerasync time  --model M [--iterations N] [--batch B] [--json FILE]
+    layerasync demo
+
+``--solver``/``--model`` take a file or the name of a zoo model (``lenet``,
+``digits``, ...). Run under ``mpirun -n P`` to train on P ranks.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import models, proto, schema
+
+__all__ = ['main']
+
+
+def _zoo_or_path(value, kind):
+    if os.path.exists(value) or os.sep in value or value.endswith('.prototxt'):
+        return value
+    try:
+        return models.path(value, kind)
+    except ValueError as e:
+        raise SystemExit(f'layerasync: {value}: no such file, and {e}') from None
+
+
+def _data_options(args, rank=0, size=1):
+    from .data import DataOptions
+    return DataOptions(rank=rank, world_size=size, synthetic=args.synthetic,
+                       root=args.data_root)
+
+
+def _apply_overrides(param, settings):
+    """``--set field=value``: any SolverParameter field, in prototxt syntax."""
+    for item in settings:
+        field, sep, value = item.partition('=')
+        spec = param.schema.fields.get(field.strip())
+        if not sep or spec is None:
+            raise SystemExit(f"layerasync: --set {item!r}: expected FIELD=VALUE with a solver "
+                             f'field; known fields: {param.schema.known()}')
+        if spec.kind == 'str' and not value.strip().startswith(('"', "'")):
+            value = json.dumps(value)
+        parsed = proto.parse(f'{field}: {value}', schema.SolverParameter, f'--set {field}')
+        for name, v in parsed.items():
+            setattr(param, name, v)
+    return param
+
+
+# -- commands -----------------------------------------------------------------
+
+def _mpi(args):
+    """COMM_WORLD when launched by an MPI launcher (or --mpi), else None."""
+    from .comm import init_mpi, under_mpi_launcher
+    if not (args.mpi or under_mpi_launcher()):
+        return None
+    try:
+        return init_mpi(args.progress)
+    except ImportError:
+        raise SystemExit('layerasync: started by an MPI launcher, but mpi4py is not installed '
+                         "(pip install 'layerasync[mpi]')") from None
+
+
+def _comm_settings(args):
+    return dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
+                max_in_flight=args.in_flight, priority=args.scheduler == 'priority',
+                progress=args.progress)
+
+
+def cmd_train(args):
+    from .solver import get_solver, load_solver_param, load_weights
+    from .strategies import get_strategy
+    from .trainer import Log, Trainer
+    if args.weights and args.snapshot:
+        raise SystemExit('layerasync train: give --weights (fine-tune) or --snapshot (resume), not both')
+    param = _apply_overrides(load_solver_param(_zoo_or_path(args.solver, 'solver')), args.set)
+    world = _mpi(args)
+    rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+    log = Log(rank, quiet=args.quiet)
+    solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
+    strategy = get_strategy(args.strategy, solver, world, **_comm_settings(args))
+    try:
+        extra = solver.restore(args.snapshot) if args.snapshot else None
+        if args.weights:
+            load_weights(solver.net, args.weights)
+        if extra:
+            strategy.load_state_dict(extra)
+        trainer = Trainer(solver, strategy, strategy.comm, metrics=args.metrics, log=log,
+                          progress=False if args.no_progress else None)
+        start = time.perf_counter()
+        results = trainer.run()
+        wall = time.perf_counter() - start
+        log(f'Trained {solver.iter} iterations in {wall:.1f} s')
+    finally:
+        solver.close()
+    strategy.close()
+    return results, wall
+
+
+def _build_net(args, phase):
+    from .net import Net, load_net_param, set_batch_size
+    param = load_net_param(_zoo_or_path(args.model, 'net'))
+    if getattr(args, 'batch', None):
+        set_batch_size(param, args.batch)
+    return Net(param, phase, data=_data_options(args))
+
+
+def cmd_test(args):
+    from .solver import load_weights
+    from .timing import fill_inputs
+    net = _build_net(args, 'TEST')
+    if args.weights:
+        load_weights(net, args.weights)
+    fill_inputs(net) if net.inputs else None
+    totals = {}
+    for _ in range(args.iterations):
+        for name, value in net.forward().items():
+            totals[name] = totals.get(name, 0.0) + value.astype('float64')
+    for name, total in totals.items():
+        print(f'{name} = {total / args.iterations}')
+
+
+def cmd_time(args):
+    from .timing import fill_inputs, format_profile, profile_net
+    net = _build_net(args, args.phase)
+    fill_inputs(net)
+    profile = profile_net(net, args.iterations)
+    print(format_profile(profile))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(profile, f, indent=1)
+        print(f'profile written to {args.json}')
+
+
+def cmd_demo(args):
+    args.solver, args.weights, args.snapshot = 'digits', None, None
+    args.set, args.strategy, args.metrics = [], 'sync', None
+    args.seed, args.synthetic, args.data_root, args.no_progress = None, False, None, False
+    results, wall = cmd_train(args)
+    accuracy = results.get('test/accuracy')
+    print(f'\nEmbedded digits: test accuracy {accuracy:.4f} after training for {wall:.1f} s '
+          f'(1 process, {os.environ.get("OMP_NUM_THREADS", "all")} BLAS threads)')
+
+
+# -- argument parsing -----------------------------------------------------------
+
+def _data_arguments(p):
+    p.add_argument('--synthetic', action='store_true',
+                   help='replace every data source by synthetic samples of the same shape')
+    p.add_argument('--data-root', metavar='DIR', help='resolve relative data paths from DIR')
+
+
+def _comm_arguments(p):
+    g = p.add_argument_group('communication (with mpirun -n P)')
+    g.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
+    g.add_argument('--fusion-bytes', type=int, default=0, metavar='N',
+                   help='fuse consecutive layers into buckets of at least N bytes (0: per layer)')
+    g.add_argument('--chunk-bytes', type=int, default=0, metavar='N',
+                   help='cut buckets into chunks of at most N bytes (0: no cutting)')
+    g.add_argument('--in-flight', type=int, default=4, metavar='N',
+                   help='at most N chunk reductions in flight')
+    g.add_argument('--scheduler', choices=['fifo', 'priority'], default='priority',
+                   help='post order: as ready, or forward priority among ready chunks')
+    g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default='poll',
+                   help='who advances in-flight reductions')
+
+
+def parser():
+    top = argparse.ArgumentParser(prog='layerasync', description=__doc__.split('\n')[0])
+    sub = top.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('train', help='train a net from a solver file')
+    p.add_argument('--solver', required=True, help='solver prototxt, or a zoo model name')
+    p.add_argument('--weights', help='initial weights (.weights.npz) to fine-tune from')
+    p.add_argument('--snapshot', help='resume from a .solverstate.npz')
+    p.add_argument('--strategy', default='sync',
+                   help='sync, layerwise[:all|ordered|lazy], async-layerwise, delayed:K')
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                   help='override a solver field, e.g. --set max_iter=100')
+    p.add_argument('--seed', type=int, help='random seed (default: the solver\'s random_seed, else 0)')
+    p.add_argument('--metrics', metavar='FILE', help='append metrics as JSON Lines to FILE')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--quiet', action='store_true', help='no log lines')
+    _data_arguments(p)
+    _comm_arguments(p)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser('test', help='score a trained net')
+    p.add_argument('--model', required=True, help='net prototxt, or a zoo model name')
+    p.add_argument('--weights', help='weights file (.weights.npz)')
+    p.add_argument('--iterations', type=int, default=50)
+    _data_arguments(p)
+    p.set_defaults(run=cmd_test)
+
+    p = sub.add_parser('time', help='per-layer forward/backward timing')
+    p.add_argument('--model', required=True, help='net prototxt, or a zoo model name')
+    p.add_argument('--iterations', type=int, default=10)
+    p.add_argument('--batch', type=int, help='batch size (default: the prototxt\'s)')
+    p.add_argument('--phase', default='TRAIN', choices=['TRAIN', 'TEST'])
+    p.add_argument('--json', metavar='FILE', help='write the profile as JSON (the simulator reads it)')
+    _data_arguments(p)
+    p.set_defaults(run=cmd_time)
+
+    p = sub.add_parser('demo', help='train the embedded digits data set and report accuracy')
+    p.add_argument('--quiet', action='store_true')
+    p.set_defaults(run=cmd_demo)
+    return top
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except Exception as e:
+        _fail(args, e)
+        return 1
+    return 0
+
+
+def _fail(args, error):
+    """Show the error (with the rank) and, under MPI, end every rank of the job:
+    the others could otherwise wait forever in a collective this rank never reaches."""
+    mpi = sys.modules.get('mpi4py.MPI')
+    running = mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+    world = mpi.COMM_WORLD if running else None
+    where = f'rank {world.Get_rank()}: ' if world is not None and world.Get_size() > 1 else ''
+    people = isinstance(error, (ValueError, OSError, RuntimeError))
+    if os.environ.get('LAYERASYNC_DEBUG') or not people:
+        import traceback
+        traceback.print_exc()
+    print(f'layerasync {args.command}: {where}error: {error}', file=sys.stderr, flush=True)
+    if world is not None and world.Get_size() > 1:
+        world.Abort(1)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Gradient communication over MPI.
+
+``Communicator`` (``comm.mpi``) reduces *buckets* — contiguous slices of a
+gradient buffer — with non-blocking, in-place allreduce; see ``buckets`` for
+how slices are fused and cut and ``scheduler`` for the order of posts.
+
+The contract, which strategies rely on:
+
+- ``post(bucket)``: the bucket's gradient is complete; reduce it (its next
+  generation). Collective: every rank posts the same buckets in the same order.
+- ``progress()``: advance in-flight work; call it often (between layers).
+- ``wait(bucket)`` / ``wait_any(buckets)`` / ``wait_all()``: block until
+  reduced here. After ``wait`` the slice holds the *sum* over ranks.
+- Control calls (``bcast``, ``allreduce_mean``, ``barrier``, ...) are
+  blocking collectives; call them only after ``wait_all()``.
+
+mpi4py is imported only here and in ``launch``: one process without MPI trains.
+"""
+import os
+
+__all__ = ['init_mpi', 'under_mpi_launcher']
+
+# Set by the process managers of MPICH/Hydra, Open MPI, Intel MPI and Slurm.
+_LAUNCHER_VARIABLES = ('PMI_SIZE', 'PMI_RANK', 'OMPI_COMM_WORLD_SIZE', 'PMIX_RANK',
+                       'MPI_LOCALNRANKS', 'HYDI_CONTROL_FD')
+
+
+def under_mpi_launcher():
+    """Was this process started by mpirun/mpiexec/srun (with more than one rank)?"""
+    for var in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE'):
+        if os.environ.get(var, '').isdigit():
+            return int(os.environ[var]) > 1
+    return any(v in os.environ for v in _LAUNCHER_VARIABLES[2:])
+
+
+def init_mpi(progress='poll'):
+    """Start MPI (asking for MPI_THREAD_MULTIPLE) and return ``COMM_WORLD``.
+
+    ``progress='mpi'`` asks MPICH for its asynchronous progress thread, which
+    only takes effect if set before MPI starts — hence here.
+    """
+    if progress == 'mpi':
+        os.environ.setdefault('MPIR_CVAR_ASYNC_PROGRESS', '1')
+    import mpi4py
+    mpi4py.rc.thread_level = 'multiple'
+    from mpi4py import MPI
+    return MPI.COMM_WORLD

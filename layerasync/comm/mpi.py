@@ -1,0 +1,247 @@
+"""The MPI communicator: in-place non-blocking allreduce of arena slices.
+
+Data path: every chunk is ``Iallreduce(IN_PLACE, buffer[start:stop], SUM)``
+on a contiguous slice of a gradient buffer — no packing, no pickling. The
+sum is turned into a mean by the solver (``grad_scale = 1/P``), which costs
+no extra pass. Each post names the buffer holding that generation of the
+bucket (several buffers let ``delayed:K`` keep K gradient sets in flight).
+
+Progress engines (MPI only moves a non-blocking collective forward while
+some MPI call runs):
+
+- ``poll``: the strategy calls ``progress()`` between layers;
+- ``thread``: a progress thread tests requests every ``poll_interval``
+  seconds (needs MPI_THREAD_MULTIPLE) while the Numba kernels and BLAS run
+  without the GIL;
+- ``mpi``: the MPI library's own progress thread (MPICH:
+  ``MPIR_CVAR_ASYNC_PROGRESS=1``, set by ``init_mpi`` before MPI starts),
+  plus the ``poll`` calls.
+
+Three duplicated communicators keep the traffic apart, so their collectives
+never have to be ordered against each other: data (chunks), rounds
+(priority negotiation) and control (broadcasts, checks, metrics).
+"""
+import threading
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .buckets import make_buckets
+from .scheduler import Scheduler
+
+__all__ = ['Communicator']
+
+ENGINES = ('poll', 'thread', 'mpi')
+
+
+class Communicator:
+    """Reduces buckets of gradient buffers across the ranks of ``comm``.
+
+    Collective: every rank constructs it with the same buckets and settings,
+    posts the same buckets in the same order and calls ``close()``.
+    """
+
+    def __init__(self, comm, buffers, segments, fusion_bytes=0, chunk_bytes=0, max_in_flight=4,
+                 priority=True, progress='poll', poll_interval=50e-6, trace=None, warn=print):
+        if progress not in ENGINES:
+            raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.buffers = list(buffers)
+        itemsize = self.buffers[0].itemsize if self.buffers else 4
+        self.buckets, self.chunks = make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
+        self.bucket_of_layer = {layer: b.index for b in self.buckets for layer in b.layers}
+        self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
+        self.settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
+                             max_in_flight=max_in_flight, priority=priority, progress=progress)
+        self.data_comm, self.round_comm, self.control = comm.Dup(), comm.Dup(), comm.Dup()
+        self.trace = trace
+        self.requests, self.keys, self.posted_at = [], [], {}
+        self.round_req = self.round_send = self.round_recv = None
+        self.wait_seconds = 0.0
+        self.generation = np.zeros(len(self.buckets), np.int64)  # posts per bucket here
+        self.buffer_of = {}   # (bucket, generation) -> [buffer index, chunks not yet posted]
+        self.lock = threading.Condition()
+        self.thread = None
+        if progress == 'thread':
+            if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+                warn(f'rank {self.rank}: the MPI library gives no MPI_THREAD_MULTIPLE; '
+                     "progress engine 'thread' falls back to 'poll'")
+                self.settings['progress'] = 'poll'
+            else:
+                self.poll_interval = poll_interval
+                self.running = True
+                self.thread = threading.Thread(target=self._progress_loop, daemon=True,
+                                               name='layerasync-progress')
+                self.thread.start()
+
+    # -- the contract ----------------------------------------------------------
+    def post(self, bucket, buffer=0):
+        """Bucket ``bucket``'s gradient in ``buffers[buffer]`` is complete: reduce it.
+
+        Each post of a bucket is its next generation (0, 1, ...).
+        """
+        with self.lock:
+            self.buffer_of[bucket, int(self.generation[bucket])] = [
+                buffer, len(self.buckets[bucket].chunks)]
+            self.generation[bucket] += 1
+            self.scheduler.mark_ready(self.buckets[bucket].chunks)
+            if self.thread is None:
+                self._step()
+            else:
+                self.lock.notify_all()
+
+    def progress(self):
+        """Advance in-flight work; cheap, called between layers (poll engines)."""
+        if self.thread is None:
+            self._step()
+
+    def wait(self, bucket, generation=None):
+        """Block until ``bucket``'s reduction (default: its latest generation) is done here."""
+        if generation is None:
+            generation = int(self.generation[bucket]) - 1
+        if generation < 0:
+            raise RuntimeError(f'rank {self.rank}: wait for bucket {bucket}, which was never posted')
+        chunk_ids = self.buckets[bucket].chunks
+        self._block_until(lambda: self.scheduler.is_done(chunk_ids, generation), f'bucket {bucket}')
+
+    def wait_any(self, buckets):
+        """Block until one of ``buckets`` (latest generations) is done; returns it."""
+        pending = list(buckets)
+
+        def done():
+            return any(self._latest_done(b) for b in pending)
+        self._block_until(done, 'any bucket')
+        return next(b for b in pending if self._latest_done(b))
+
+    def wait_all(self):
+        """Block until everything posted here is reduced and no round is outstanding."""
+        self._block_until(lambda: self.scheduler.idle() and self.round_req is None
+                          and not (self.scheduler.priority and self.scheduler.wants_round()),
+                          'all buckets')
+
+    def _latest_done(self, b):
+        return self.scheduler.is_done(self.buckets[b].chunks, int(self.generation[b]) - 1)
+
+    # -- control path (blocking; call only after wait_all) ---------------------------
+    def bcast(self, array, root=0):
+        self.control.Bcast(array, root=root)
+
+    def allreduce_sum(self, array):
+        """Blocking in-place sum (small control data)."""
+        self.control.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+        return array
+
+    def allreduce_mean(self, value):
+        buf = np.array(value, np.float64, copy=True, ndmin=1)
+        self.control.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf /= self.size
+        return buf if np.ndim(value) else float(buf[0])
+
+    def barrier(self):
+        self.control.Barrier()
+
+    def allgather_text(self, text):
+        return self.control.allgather(text)
+
+    def close(self):
+        """Collective: drain, stop the progress thread, free the communicators."""
+        self.wait_all()
+        if self.thread is not None:
+            with self.lock:
+                self.running = False
+                self.lock.notify_all()
+            self.thread.join()
+        for c in (self.data_comm, self.round_comm, self.control):
+            c.Free()
+
+    # -- engine ----------------------------------------------------------------
+    def _block_until(self, condition, what):
+        start = time.perf_counter()
+        with self.lock:
+            while not condition():
+                if self.thread is not None:
+                    if not self.thread.is_alive():
+                        raise RuntimeError(f'rank {self.rank}: the progress thread died')
+                    self.lock.wait()
+                    continue
+                if self._step():
+                    continue
+                pending = self.requests + ([self.round_req] if self.round_req else [])
+                if not pending:
+                    raise RuntimeError(f'rank {self.rank}: waiting for {what}, but nothing is in '
+                                       'flight or ready to post (a bucket was not posted)')
+                # Nothing moved: let MPI spin inside one call instead of Python.
+                # (A completed request turns inactive, so it is retired right here;
+                # the round request, last in the list, is picked up by _step.)
+                index = MPI.Request.Waitany(pending)
+                if index < len(self.requests):
+                    self._complete([index])
+        self.wait_seconds += time.perf_counter() - start
+
+    def _step(self):
+        """One round of progress; returns whether anything changed. Holds the lock."""
+        moved = False
+        if self.requests:
+            done = MPI.Request.Testsome(self.requests)
+            if done:
+                self._complete(done)
+                moved = True
+        if self.scheduler.priority:
+            if self.round_req is not None and self.round_req.Test():
+                self.round_req = None
+                self._post(self.scheduler.on_round(self.round_recv))
+                moved = True
+            if self.round_req is None and self.scheduler.wants_round():
+                self.round_send = self.scheduler.round_vector()
+                self.round_recv = np.empty_like(self.round_send)
+                self.round_req = self.round_comm.Iallreduce(self.round_send, self.round_recv,
+                                                            op=MPI.MIN)
+                moved = True
+        else:
+            posts = self.scheduler.next_posts()
+            self._post(posts)
+            moved = moved or bool(posts)
+        if moved and self.thread is not None:
+            self.lock.notify_all()
+        return moved
+
+    def _complete(self, indices):
+        now = time.perf_counter()
+        for i in sorted(indices, reverse=True):
+            c, g = self.keys.pop(i)
+            self.requests.pop(i)
+            self.scheduler.completed(c)
+            self._record(c, g, now)
+
+    def _post(self, posts):
+        now = time.perf_counter()
+        for c, g in posts:
+            chunk = self.chunks[c]
+            entry = self.buffer_of[chunk.bucket, g]
+            entry[1] -= 1
+            if not entry[1]:   # the bucket's last chunk of this generation
+                del self.buffer_of[chunk.bucket, g]
+            buf = self.buffers[entry[0]][chunk.start:chunk.stop]
+            self.requests.append(self.data_comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+            self.keys.append((c, g))
+            self.posted_at[c, g] = now
+
+    def _record(self, c, g, now):
+        start = self.posted_at.pop((c, g))
+        if self.trace is not None:
+            chunk = self.chunks[c]
+            self.trace.span('comm', f'allreduce b{chunk.bucket}.{c}', start, now,
+                            bytes=(chunk.stop - chunk.start) * self.buffers[0].itemsize,
+                            generation=g)
+
+    def _progress_loop(self):
+        with self.lock:
+            while self.running:
+                moved = self._step()
+                if self.requests or self.round_req is not None:
+                    if not moved:
+                        # Sleep without the lock: the main thread may post meanwhile.
+                        self.lock.wait(self.poll_interval)
+                else:
+                    self.lock.wait()

@@ -1,0 +1,313 @@
+"""Convolution, Pooling and LRN over (N, C, H, W) blobs, with Caffe's semantics."""
+import numpy as np
+
+from ..kernels import lrn as lrn_kernels
+from ..kernels.im2col import col2im, im2col
+from ..kernels.pooling import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
+from .base import Layer, canonical_axis, register
+
+# Convolution runs over chunks of images: a chunk's col buffer (C*kh*kw rows,
+# one column per output pixel of every image in the chunk) should stay in L2
+# between im2col and the GEMM that reads it, yet give the GEMM enough columns
+# to run at full speed on small images. Tuned on lenet/cifar/alexnet/googlenet/
+# resnet shapes: larger budgets were up to 25% slower, smaller ones no faster.
+COL_BUDGET = 1 << 16  # values in a chunk's col buffer
+MIN_COLUMNS = 256     # output pixels per chunk, whatever the budget says
+
+
+def _hw(layer, field, pair, default, pair_required=True):
+    """A spatial setting as (h, w): Caffe's ``field`` (one value for both axes
+    or, if repeated, one per axis) or the two fields named in ``pair``."""
+    p = layer.param
+    value = getattr(p, field)
+    values = value if isinstance(value, list) else ([value] if p.has(field) else [])
+    given = [p.has(name) for name in pair]
+    if any(given):
+        layer.check(not values, f'give {field} or {pair[0]}/{pair[1]}, not both')
+        layer.check(all(given) or not pair_required, f'{pair[0]} and {pair[1]} must be given together')
+        return tuple(getattr(p, name) or 0 for name in pair)
+    layer.check(len(values) <= 2, f'{field} has {len(values)} values; give one, or two (height, width)')
+    return (values[0], values[-1]) if values else (default, default)
+
+
+def _check_at_least(layer, name, values, low):
+    layer.check(min(values) >= low, f'{name} {values} must be at least {low} in both axes')
+
+
+def _check_4d(layer, blob):
+    layer.check(blob.num_axes == 4, f"bottom '{blob.name}' has shape {blob.shape}; "
+                                    f'{layer.type} needs 4 axes (N, C, H, W)')
+
+
+@register
+class Convolution(Layer):
+    """Caffe's 2-D convolution. Each bottom ``(N, C, H, W)`` gives its top
+    ``(N, num_output, Ho, Wo)`` through the same weights, with
+    ``Ho = (H + 2*pad_h - (dilation_h*(kernel_h - 1) + 1)) // stride_h + 1``
+    (and likewise Wo).
+
+    blobs: weights ``(num_output, C/group, kernel_h, kernel_w)`` and, with
+    ``bias_term``, bias ``(num_output,)``. Group g maps input channels
+    ``[g*C/group, (g+1)*C/group)`` to outputs ``[g*M/group, (g+1)*M/group)``.
+    """
+    type = 'Convolution'
+    param_field = 'convolution_param'
+    num_bottom = (1, None)
+    num_top = (1, None)
+
+    def setup(self, bottom, top):
+        p = self.param
+        self.check(len(top) == len(bottom),
+                   f'takes one top per bottom; got {len(bottom)} bottoms and {len(top)} tops')
+        axis = canonical_axis(self, p.axis, bottom[0].num_axes)
+        self.check(bottom[0].num_axes == 4 and axis == 1,
+                   f'only 2-D convolution over (N, C, H, W) with axis 1 is implemented; got a '
+                   f'{bottom[0].num_axes}-d bottom {bottom[0].shape} with axis {p.axis}')
+        self.kernel = _hw(self, 'kernel_size', ('kernel_h', 'kernel_w'), None)
+        self.check(self.kernel[0] is not None, 'kernel_size (or kernel_h and kernel_w) is required')
+        self.stride = _hw(self, 'stride', ('stride_h', 'stride_w'), 1)
+        # Caffe reads a lone pad_h or pad_w with 0 for the other axis.
+        self.pad = _hw(self, 'pad', ('pad_h', 'pad_w'), 0, pair_required=False)
+        self.check(len(p.dilation) <= 2,
+                   f'dilation has {len(p.dilation)} values; give one, or two (height, width)')
+        self.dilation = (p.dilation[0], p.dilation[-1]) if p.dilation else (1, 1)
+        _check_at_least(self, 'kernel', self.kernel, 1)
+        _check_at_least(self, 'stride', self.stride, 1)
+        _check_at_least(self, 'pad', self.pad, 0)
+        _check_at_least(self, 'dilation', self.dilation, 1)
+        self.check(p.num_output is not None and p.num_output > 0,
+                   'convolution_param.num_output must be a positive integer')
+        self.check(p.group > 0, f'group must be positive, got {p.group}')
+        self.channels, self.group = bottom[0].shape[1], p.group
+        self.check(self.channels % self.group == 0,
+                   f'input has {self.channels} channels, not divisible by group {self.group}')
+        self.check(p.num_output % self.group == 0,
+                   f'num_output {p.num_output} is not divisible by group {self.group}')
+        weight_shape = (p.num_output, self.channels // self.group) + self.kernel
+        self.blobs = [self.make_param(weight_shape, p.weight_filler)]
+        if p.bias_term:
+            self.blobs.append(self.make_param((p.num_output,), p.bias_filler))
+        self.rows = self.cols = np.empty(0, self.dtype)  # workspaces, sized in reshape
+        self.weight_grad_t = np.empty((self.group, weight_shape[1] * self.kernel[0] * self.kernel[1],
+                                       p.num_output // self.group), self.dtype)
+
+    def _out_size(self, axis_name, size, kernel, stride, pad, dilation):
+        extent = dilation * (kernel - 1) + 1
+        self.check(size + 2 * pad >= extent,
+                   f'kernel extent {extent} larger than padded input {size + 2 * pad} '
+                   f'({axis_name} {size} + 2 * pad {pad})')
+        return (size + 2 * pad - extent) // stride + 1
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        for b in bottom[1:]:
+            self.check(b.shape == shape, f"bottom '{b.name}' has shape {b.shape}, but "
+                                         f"'{bottom[0].name}' has {shape}; all bottoms must match")
+        _check_4d(self, bottom[0])
+        n, c, h, w = shape
+        self.check(c == self.channels,
+                   f'input has {c} channels, but the weights were set up for {self.channels}')
+        self.out_hw = tuple(self._out_size(*args) for args in zip(
+            ('height', 'width'), (h, w), self.kernel, self.stride, self.pad, self.dilation))
+        num_output = self.param.num_output
+        for t in top:
+            t.reshape((n, num_output) + self.out_hw)
+        self.K = c * self.kernel[0] * self.kernel[1]
+        self.P = self.out_hw[0] * self.out_hw[1]
+        self.chunk = max(1, min(n, max(COL_BUDGET // (self.K * self.P), -(-MIN_COLUMNS // self.P))))
+        if self.cols.size != self.K * self.chunk * self.P:
+            self.cols = np.empty(self.K * self.chunk * self.P, self.dtype)
+        if self.rows.size != num_output * self.chunk * self.P:
+            self.rows = np.empty(num_output * self.chunk * self.P, self.dtype)
+
+    # Layouts of one chunk of m images: the col buffer is (C, kh, kw, m, Ho, Wo)
+    # for the kernels and (group, K/group, m*P) for the GEMMs; the rows buffer
+    # holds the top (or its diff) as (num_output, m*P), i.e. (group, M/group, m*P).
+    def _chunks(self, n):
+        return [(n0, min(n, n0 + self.chunk)) for n0 in range(0, n, self.chunk)]
+
+    def _col(self, m):
+        return self.cols[:self.K * m * self.P]
+
+    def _col_kernel_view(self, m):
+        return self._col(m).reshape((self.channels,) + self.kernel + (m,) + self.out_hw)
+
+    def _im2col(self, x):
+        m = x.shape[0]
+        im2col(x, *self.pad, *self.stride, *self.dilation, self._col_kernel_view(m))
+        return self._col(m).reshape(self.group, -1, m * self.P)
+
+    def _rows(self, m):
+        return self.rows[:self.param.num_output * m * self.P]
+
+    def _weights(self, which):
+        return getattr(self.blobs[0], which).reshape(self.group, self.param.num_output // self.group, -1)
+
+    def forward(self, bottom, top):
+        w, M, P = self._weights('data'), self.param.num_output, self.P
+        for b, t in zip(bottom, top):
+            for n0, n1 in self._chunks(b.shape[0]):
+                m = n1 - n0
+                rows = self._rows(m)
+                np.matmul(w, self._im2col(b.data[n0:n1]), out=rows.reshape(self.group, -1, m * P))
+                by_image = rows.reshape(M, m, P).transpose(1, 0, 2)
+                out = t.data[n0:n1].reshape(m, M, P)
+                if self.param.bias_term:
+                    np.add(by_image, self.blobs[1].data[:, None], out=out)
+                else:
+                    np.copyto(out, by_image)
+
+    def backward(self, top, propagate_down, bottom):
+        want_weights = self.param_propagate_down[0]
+        want_bias = self.param.bias_term and self.param_propagate_down[1]
+        w, M, P = self._weights('data'), self.param.num_output, self.P
+        for t, b, down in zip(top, bottom, propagate_down):
+            if not (want_weights or want_bias or down):
+                continue
+            for n0, n1 in self._chunks(b.shape[0]):
+                m = n1 - n0
+                dy = self._rows(m).reshape(M, m, P)
+                np.copyto(dy, t.diff[n0:n1].reshape(m, M, P).transpose(1, 0, 2))
+                dy = dy.reshape(self.group, -1, m * P)
+                if want_bias:
+                    self.blobs[1].diff += dy.reshape(M, -1).sum(axis=1)
+                if want_weights:
+                    # grad.T = col @ dy.T into a weight-sized workspace, then
+                    # added: NumPy's BLAS runs this long-inner-dimension product
+                    # up to 2-3x faster than dy @ col.T or scipy's gemm(beta=1).
+                    grad_t = self.weight_grad_t
+                    np.matmul(self._im2col(b.data[n0:n1]), dy.transpose(0, 2, 1), out=grad_t)
+                    self._weights('diff')[...] += grad_t.transpose(0, 2, 1)
+                if down:
+                    col = self._col(m).reshape(self.group, -1, m * P)
+                    np.matmul(w.transpose(0, 2, 1), dy, out=col)
+                    col2im(self._col_kernel_view(m), *self.pad, *self.stride, *self.dilation,
+                           b.diff[n0:n1])
+
+
+@register
+class Pooling(Layer):
+    """MAX or AVE pooling of ``(N, C, H, W)`` windows, as Caffe computes it.
+
+    Output size per axis: ``ceil((H + 2*pad - kernel) / stride) + 1`` (floor
+    with ``round_mode: FLOOR``), less one when padding would make the last
+    window start in the padding. MAX windows are clipped to the image; AVE
+    divides by the window clipped to ``H + pad``. With ``global_pooling`` the
+    kernel is the whole image. MAX may have a second top: the argmax of each
+    output as a float index ``h*W + w`` within its ``(H, W)`` plane.
+    """
+    type = 'Pooling'
+    param_field = 'pooling_param'
+    num_top = (1, 2)
+
+    def setup(self, bottom, top):
+        p = self.param
+        self.check(p.pool != 'STOCHASTIC', 'pool STOCHASTIC is not supported; use MAX or AVE')
+        self.check(len(top) == 1 or p.pool == 'MAX',
+                   f'only MAX pooling has a second top (the argmax mask); pool is {p.pool}')
+        self.pad = _hw(self, 'pad', ('pad_h', 'pad_w'), 0)
+        self.stride = _hw(self, 'stride', ('stride_h', 'stride_w'), 1)
+        _check_at_least(self, 'pad', self.pad, 0)
+        _check_at_least(self, 'stride', self.stride, 1)
+        if p.global_pooling:
+            self.check(not any(p.has(f) for f in ('kernel_size', 'kernel_h', 'kernel_w')),
+                       'global_pooling takes the kernel from the input: do not give '
+                       'kernel_size or kernel_h/kernel_w')
+            self.check(self.pad == (0, 0) and self.stride == (1, 1),
+                       f'global_pooling needs pad 0 and stride 1, got pad {self.pad} '
+                       f'and stride {self.stride}')
+        else:
+            self.kernel = _hw(self, 'kernel_size', ('kernel_h', 'kernel_w'), None)
+            self.check(self.kernel[0] is not None, 'kernel_size (or kernel_h and kernel_w) is required')
+            _check_at_least(self, 'kernel', self.kernel, 1)
+            self.check(all(pd < k for pd, k in zip(self.pad, self.kernel)),
+                       f'pad {self.pad} must be smaller than kernel {self.kernel}')
+        self.argmax = np.empty(0, np.int32)
+
+    def _pooled(self, axis_name, size, kernel, stride, pad):
+        span = size + 2 * pad - kernel
+        pooled = (-(-span // stride) if self.param.round_mode == 'CEIL' else span // stride) + 1
+        if pad and (pooled - 1) * stride >= size + pad:
+            pooled -= 1  # Caffe: the last window must start inside the image
+        self.check(pooled >= 1, f'kernel {kernel} does not fit the padded input {size + 2 * pad} '
+                                f'({axis_name} {size} + 2 * pad {pad}): no output')
+        # Only possible without pad, kernel < stride and CEIL; Caffe would
+        # then pool an empty window.
+        self.check((pooled - 1) * stride - pad < size,
+                   f'the last window along the {axis_name} would start outside the input '
+                   f'({axis_name} {size}, kernel {kernel}, stride {stride}); use round_mode FLOOR '
+                   f'or a kernel at least as large as the stride')
+        return pooled
+
+    def reshape(self, bottom, top):
+        _check_4d(self, bottom[0])
+        n, c, h, w = bottom[0].shape
+        if self.param.global_pooling:
+            self.kernel = (h, w)
+        pooled = tuple(self._pooled(*args) for args in zip(
+            ('height', 'width'), (h, w), self.kernel, self.stride, self.pad))
+        for t in top:
+            t.reshape((n, c) + pooled)
+        if self.param.pool == 'MAX' and self.argmax.shape != top[0].shape:
+            self.argmax = np.empty(top[0].shape, np.int32)
+
+    def _geometry(self):
+        return (*self.kernel, *self.pad, *self.stride)
+
+    def forward(self, bottom, top):
+        if self.param.pool == 'MAX':
+            max_pool_forward(bottom[0].data, *self._geometry(), top[0].data, self.argmax)
+            if len(top) > 1:
+                top[1].data[...] = self.argmax
+        else:
+            ave_pool_forward(bottom[0].data, *self._geometry(), top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self.param.pool == 'MAX':
+            max_pool_backward(top[0].diff, self.argmax, bottom[0].diff)
+        else:
+            ave_pool_backward(top[0].diff, *self._geometry(), bottom[0].diff)
+
+
+@register
+class LRN(Layer):
+    """Caffe's local response normalisation of ``(N, C, H, W)``:
+    ``top = bottom * scale**-beta``, with ``scale`` summed over ``local_size``
+    neighbouring channels (ACROSS_CHANNELS) or a ``local_size`` square of
+    pixels (WITHIN_CHANNEL); see ``kernels/lrn.py`` for the exact formulas.
+    """
+    type = 'LRN'
+    param_field = 'lrn_param'
+
+    def setup(self, bottom, top):
+        size = self.param.local_size
+        self.check(size > 0 and size % 2 == 1, f'local_size must be a positive odd number, got {size}')
+        self.across = self.param.norm_region == 'ACROSS_CHANNELS'
+        self.scale = self.ratio = np.empty(0, self.dtype)
+
+    def reshape(self, bottom, top):
+        self.check(top[0] is not bottom[0], 'cannot run in place: backward needs both bottom and top')
+        _check_4d(self, bottom[0])
+        top[0].reshape_like(bottom[0])
+        if self.scale.shape != bottom[0].shape:
+            self.scale = np.empty(bottom[0].shape, self.dtype)
+            self.ratio = np.empty(bottom[0].shape[1:], self.dtype)
+
+    def forward(self, bottom, top):
+        p = self.param
+        if self.across:
+            lrn_kernels.lrn_across_forward(bottom[0].data, p.local_size, p.alpha, p.beta, p.k,
+                                           self.scale, top[0].data)
+        else:
+            lrn_kernels.lrn_within_forward(bottom[0].data, p.local_size, p.alpha, p.beta,
+                                           self.scale, top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        p = self.param
+        kernel = lrn_kernels.lrn_across_backward if self.across else lrn_kernels.lrn_within_backward
+        kernel(bottom[0].data, top[0].data, self.scale, top[0].diff, p.local_size, p.alpha, p.beta,
+               self.ratio, bottom[0].diff)

@@ -1,0 +1,49 @@
+"""``async-layerwise``: reduce each bucket as soon as backward completes it,
+and wait for it only just before the next forward pass needs it.
+
+Layer 1's gradient is the last one backward produces and the first one the
+next forward needs; with the communicator's priority scheduling its chunks
+overtake those of later layers, so the next forward starts while the later
+layers' gradients are still on the wire. The iterates are still exactly those
+of ``sync``: layer l is updated with its own reduced gradient and the learning
+rate of the iteration that produced it (fixed at ``end_iteration``), before l
+computes anything with its weights.
+"""
+from .base import AllreduceStrategy
+
+
+class AsyncLayerwise(AllreduceStrategy):
+    name = 'async-layerwise'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The bucket whose update must precede layer i's forward: its earliest layer.
+        self.needed_by = {b.priority: b.index for b in self.buckets}
+        self.pending = set()
+
+    def end_iteration(self):
+        s = self.solver
+        if self.comm is None:
+            s.update()
+            return
+        if s.needs_all_gradients:
+            self.comm.wait_all()
+        s.begin_update()   # fixes this iteration's learning rate for the deferred updates
+        self.pending = set(range(len(self.buckets)))
+
+    def before_forward(self, i):
+        bucket = self.needed_by.get(i)
+        if bucket in self.pending:
+            self._apply(bucket)
+        elif self.comm is not None:
+            self.comm.progress()
+
+    def _apply(self, bucket):
+        self.comm.wait(bucket)
+        for layer in self.buckets[bucket].layers:
+            self.solver.update_layer(layer)
+        self.pending.discard(bucket)
+
+    def finish(self):
+        for bucket in sorted(self.pending, key=lambda b: self.buckets[b].priority):
+            self._apply(bucket)

@@ -1,0 +1,156 @@
+"""The Strategy contract: four hooks around one training iteration.
+
+The trainer runs, for every iteration::
+
+    net.forward(before_layer=strategy.before_forward)   # before_forward(i)
+    net.backward(after_layer=strategy.after_backward)   # after_backward(i)
+    strategy.end_iteration()
+
+A strategy owns everything between a layer's gradient and its next use:
+posting communication, waiting, and calling the solver's ``begin_update`` /
+``update_layer`` (or ``update``). It must leave each layer's weights updated
+before that layer's next forward, and ``finish()`` must drain whatever is in
+flight (before a snapshot, a test, or the end of training).
+
+``AllreduceStrategy`` adds the gradient communicator: buckets over the
+gradient arena (see ``layerasync.comm``), the map from layers to the bucket
+they complete, and the start-up checks every rank must pass.
+"""
+import numpy as np
+
+__all__ = ['Strategy', 'AllreduceStrategy']
+
+
+class Strategy:
+    name = None
+    takes_argument = False
+
+    def __init__(self, solver, mpi_comm=None, argument=None, trace=None):
+        """``mpi_comm`` is an mpi4py communicator, or None for one process."""
+        if argument is not None and not self.takes_argument:
+            raise ValueError(f"strategy '{self.name}' takes no argument (got ':{argument}')")
+        self.solver = solver
+        self.net = solver.net
+        self.mpi_comm = mpi_comm
+        self.size = mpi_comm.Get_size() if mpi_comm is not None else 1
+        self.rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
+        self.trace = trace
+        self.comm = None   # control-path collectives (bcast, means), when distributed
+
+    def start(self):
+        """Collective: called once on every rank before the first iteration."""
+
+    def before_forward(self, i):
+        """Layer ``i`` is about to run forward."""
+
+    def after_backward(self, i):
+        """Layer ``i``'s gradients are complete (last accumulation pass only)."""
+
+    def end_iteration(self):
+        raise NotImplementedError
+
+    def finish(self):
+        """Drain in-flight work so every weight is current (before snapshot/test/exit)."""
+
+    def state_dict(self):
+        """Arrays to store with a snapshot (in-flight gradients); names -> arrays."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned."""
+
+    def settings(self):
+        """What must agree across ranks (checked at start-up)."""
+        return {'strategy': self.name}
+
+    def close(self):
+        """Release the communicator (collective)."""
+
+
+class AllreduceStrategy(Strategy):
+    """A strategy that reduces buckets of the gradient arena over MPI.
+
+    ``comm_settings`` go to ``layerasync.comm.mpi.Communicator`` (fusion_bytes,
+    chunk_bytes, max_in_flight, priority, progress). Subclasses post buckets
+    with ``post_completed(i)`` from ``after_backward`` and choose when to wait.
+    """
+    gradient_sets = 1   # gradient buffers held (delayed:K holds K + 1)
+
+    def __init__(self, solver, mpi_comm=None, argument=None, trace=None, **comm_settings):
+        super().__init__(solver, mpi_comm, argument, trace)
+        self.parse_argument(argument)
+        arena = self.net.arena
+        self.buffers = [arena.diff] + [np.zeros_like(arena.diff)
+                                       for _ in range(self.gradient_sets - 1)]
+        self.comm_settings = comm_settings
+        self.buckets = []
+        self.trigger = {}
+        if mpi_comm is not None:
+            from ..comm.mpi import Communicator
+            self.comm = Communicator(mpi_comm, self.buffers, list(arena.segments.items()),
+                                     trace=trace, **comm_settings)
+            self.buckets = self.comm.buckets
+            # A bucket is complete once its last layer in backward order is.
+            self.trigger = {b.layers[-1]: b.index for b in self.buckets}
+        self.solver.grad_scale = 1.0 / self.size
+
+    def parse_argument(self, argument):
+        """Subclasses with ``takes_argument`` read ``name:argument`` here."""
+
+    # -- hooks ------------------------------------------------------------
+    def before_forward(self, i):
+        if self.comm is not None:
+            self.comm.progress()
+
+    def after_backward(self, i):
+        if self.comm is None:
+            return
+        bucket = self.trigger.get(i)
+        if bucket is None:
+            self.comm.progress()
+        else:
+            self.comm.post(bucket, self.current_buffer())
+
+    def current_buffer(self):
+        """Index of the gradient buffer backward is writing now."""
+        return 0
+
+    def post_all(self):
+        """Post every bucket (in backward order), as a plain allreduce of everything."""
+        for b in range(len(self.buckets)):
+            self.comm.post(b)
+
+    def wait_all(self):
+        if self.comm is not None:
+            self.comm.wait_all()
+
+    # -- start-up ---------------------------------------------------------------
+    def start(self):
+        """Check that all ranks built the same net and settings, then use rank 0's weights."""
+        if self.comm is None:
+            return
+        net = self.net
+        mine = [f'parameter {name}[{k}] of shape {tuple(b.shape)}'
+                for name, blobs in net.params.items() for k, b in enumerate(blobs)]
+        mine += [f'setting {key} = {value!r}' for key, value in sorted(self.settings().items())]
+        everyone = self.comm.allgather_text(mine)
+        for rank, theirs in enumerate(everyone):
+            if theirs != everyone[0]:
+                first = next((a, b) for a, b in zip(everyone[0] + ['(nothing)'],
+                                                    theirs + ['(nothing)']) if a != b)
+                raise ValueError(f'rank {rank} differs from rank 0: rank 0 has {first[0]}, '
+                                 f'rank {rank} has {first[1]}. Every rank must run the same '
+                                 'net, solver and strategy settings.')
+        self.comm.bcast(net.arena.data, root=0)
+
+    def settings(self):
+        s = self.solver
+        return {'strategy': self.name, 'argument': getattr(self, 'argument', None),
+                'solver': s.type, 'base_lr': s.param.base_lr, 'iter_size': s.param.iter_size,
+                'batch': [tuple(net_blob.shape) for net_blob in self.net.blobs.values()][:1],
+                'ranks': self.size, **self.comm_settings}
+
+    def close(self):
+        if self.comm is not None:
+            self.comm.close()
+            self.comm = None

@@ -1,0 +1,42 @@
+"""``layerwise[:all|ordered|lazy]``: reduce each bucket as soon as backward
+completes it; at the end of the iteration, wait and update.
+
+The apply orders are the paper's three: ``all`` waits for every bucket, then
+updates (one step); ``ordered`` updates bucket by bucket in the order they
+were posted (backward order), waiting for each; ``lazy`` updates whichever
+bucket finishes first. All three give the iterates of ``sync``: each layer's
+update reads only its own reduced gradient and the iteration's learning rate.
+(Gradient clipping needs the global norm, so with ``clip_gradients`` every
+order waits for all buckets first.)
+"""
+from .base import AllreduceStrategy
+
+ORDERS = ('all', 'ordered', 'lazy')
+
+
+class Layerwise(AllreduceStrategy):
+    name = 'layerwise'
+    takes_argument = True
+
+    def parse_argument(self, argument):
+        self.argument = argument or 'all'
+        if self.argument not in ORDERS:
+            raise ValueError(f"layerwise apply order '{argument}' is not one of {', '.join(ORDERS)}")
+
+    def end_iteration(self):
+        s, comm = self.solver, self.comm
+        if comm is None:
+            s.update()
+            return
+        if self.argument == 'all' or s.needs_all_gradients:
+            comm.wait_all()
+            s.update()
+            return
+        s.begin_update()
+        pending = list(range(len(self.buckets)))
+        while pending:
+            b = pending[0] if self.argument == 'ordered' else comm.wait_any(pending)
+            comm.wait(b)
+            for layer in self.buckets[b].layers:
+                s.update_layer(layer)
+            pending.remove(b)

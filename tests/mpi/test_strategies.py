@@ -1,0 +1,189 @@
+"""Strategies under MPI: the equalities DESIGN.md promises.
+
+- sync, layerwise (all three apply orders) and async-layerwise give the same
+  weights, bit for bit, and those of one process at P times the batch;
+- every bucket / chunk / in-flight / scheduler / progress setting keeps that;
+- delayed:K equals an independent single-process stale-gradient SGD;
+- snapshot and resume (with delayed gradients in flight) is exact;
+- ranks that disagree on the net or the settings stop at start-up.
+
+Run with ``mpiexec -n 2 python -m pytest tests/mpi``; at size 1 in the serial run.
+"""
+import hashlib
+import itertools
+import os
+from collections import deque
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from layerasync import models, proto, schema
+from layerasync.data import DataOptions
+from layerasync.net import load_net_param, set_batch_size
+from layerasync.solver import get_solver
+from layerasync.strategies import get_strategy
+from layerasync.trainer import Log, Trainer
+
+ITERS = 20
+ENGINES = os.environ.get('LAYERASYNC_TEST_PROGRESS', 'poll,thread').split(',')
+
+
+def make_solver(model, batch, rank=0, size=1, solver_extra='momentum: 0.9'):
+    net = set_batch_size(load_net_param(models.path(model)), batch)
+    param = proto.parse(f'base_lr: 0.01 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.0001 '
+                        f'power: 0.75 max_iter: {ITERS} random_seed: 7 {solver_extra}',
+                        schema.SolverParameter)
+    param.net_param = net
+    return get_solver(param, data=DataOptions(rank=rank, world_size=size, synthetic=True))
+
+
+def train(model, strategy, comm, batch, iters=ITERS, solver_extra='momentum: 0.9', snapshot_at=None,
+          resume=None, **settings):
+    """Weights after ``iters`` iterations of ``strategy`` on ``comm`` (None: no MPI)."""
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    solver = make_solver(model, batch, rank, size, solver_extra)
+    s = get_strategy(strategy, solver, comm, **settings)
+    try:
+        if resume:
+            s.load_state_dict(solver.restore(resume))
+        trainer = Trainer(solver, s, s.comm, log=Log(quiet=True), progress=False)
+        if snapshot_at is not None:
+            trainer.run(snapshot_at)
+            solver.param.snapshot_prefix = snapshot_at_prefix(comm)
+            trainer.snapshot()
+            return trainer.last_snapshot
+        trainer.run(iters)
+        return solver.net.arena.data.copy()
+    finally:
+        solver.close()
+        s.close()
+
+
+def snapshot_at_prefix(comm):
+    return os.path.join(shared_dir(comm), 'run')
+
+
+_DIR = {}
+
+
+def shared_dir(comm):
+    """One temporary directory, named by rank 0 for all ranks."""
+    key = comm.py2f()
+    if key not in _DIR:
+        import tempfile
+        name = tempfile.mkdtemp(prefix='layerasync-test-') if comm.rank == 0 else None
+        _DIR[key] = comm.bcast(name)
+    return _DIR[key]
+
+
+def same_on_all_ranks(comm, array):
+    digest = hashlib.sha1(array.tobytes()).hexdigest()
+    assert comm.allgather(digest) == [digest] * comm.size, 'ranks hold different weights'
+
+
+STRATEGIES = ['layerwise', 'layerwise:ordered', 'layerwise:lazy', 'async-layerwise']
+
+
+def reference(comm, model='lenet', batch=2, cache={}):
+    """(sync on ``comm`` at ``batch``, one process without MPI at ``batch * size``)."""
+    key = (comm.size, model, batch)
+    if key not in cache:
+        cache[key] = (train(model, 'sync', comm, batch),
+                      train(model, 'sync', None, batch * comm.size))
+    return cache[key]
+
+
+@pytest.mark.parametrize('strategy', STRATEGIES)
+def test_lenet_strategies_equal_sync_and_one_rank_at_twice_the_batch(comm, strategy):
+    on_mpi, one_process = reference(comm)
+    weights = train('lenet', strategy, comm, 2, chunk_bytes=65536)
+    same_on_all_ranks(comm, weights)
+    np.testing.assert_array_equal(weights, on_mpi)
+    np.testing.assert_allclose(weights, one_process, rtol=2e-4, atol=2e-6)
+    if comm.size == 1:
+        np.testing.assert_array_equal(weights, one_process)
+
+
+SETTINGS = [dict(fusion_bytes=f, chunk_bytes=c, max_in_flight=m, priority=p, progress=e)
+            for f, c, m, p, e in itertools.product([0, 200000], [0, 65536], [1, 4], [False, True],
+                                                   ENGINES)]
+
+
+@pytest.mark.parametrize('settings', SETTINGS, ids=lambda s: '-'.join(f'{v}' for v in s.values()))
+def test_every_communication_setting_keeps_the_equality(settings):
+    comm = MPI.COMM_WORLD   # COMM_SELF adds nothing here to the size-1 run
+    for strategy in ('async-layerwise', 'layerwise:lazy'):
+        np.testing.assert_array_equal(train('lenet', strategy, comm, 2, iters=8, **settings),
+                                      train('lenet', 'sync', comm, 2, iters=8), strategy)
+
+
+def test_resnet20_strategies_agree(comm):
+    """BatchNorm uses each rank's batch statistics, so only the strategies agree."""
+    runs = {s: train('resnet20', s, comm, 2, iters=6, chunk_bytes=32768)
+            for s in ['sync', 'layerwise:ordered', 'async-layerwise']}
+    for s, w in runs.items():
+        np.testing.assert_array_equal(w, runs['sync'], s)
+    if comm.size == 1:
+        np.testing.assert_array_equal(runs['sync'], train('resnet20', 'sync', None, 2, iters=6))
+
+
+def stale_sgd(model, batch, delay, iters, momentum):
+    """An independent single-process SGD whose step at t applies the gradient of t - delay."""
+    solver = make_solver(model, batch, solver_extra=f'momentum: {momentum}')
+    net, p = solver.net, solver.param
+    w = net.arena.data
+    h = np.zeros_like(w)
+    queue = deque()
+    try:
+        for t in range(iters):
+            net.forward()
+            net.backward()
+            queue.append(net.arena.diff.copy())
+            net.clear_param_diffs()
+            if len(queue) > delay:
+                g = queue.popleft()
+                rate = p.base_lr * (1 + p.gamma * t) ** -p.power
+                for i in net.param_layers:
+                    for view, lr_mult, decay_mult in solver._plan[i]:
+                        h[view] = momentum * h[view] + rate * lr_mult * (
+                            g[view] + p.weight_decay * decay_mult * w[view])
+                        w[view] -= h[view]
+        return w.copy()
+    finally:
+        solver.close()
+
+
+@pytest.mark.parametrize('delay, momentum', [(1, 0.0), (2, 0.9)])
+def test_delayed_equals_stale_gradient_sgd(comm, delay, momentum):
+    weights = train('lenet', f'delayed:{delay}', comm, 2, solver_extra=f'momentum: {momentum}',
+                    chunk_bytes=65536)
+    same_on_all_ranks(comm, weights)
+    expected = stale_sgd('lenet', 2 * comm.size, delay, ITERS, momentum)
+    np.testing.assert_allclose(weights, expected, rtol=2e-4, atol=2e-6)
+    first_k = train('lenet', f'delayed:{delay}', comm, 2, iters=delay)
+    np.testing.assert_array_equal(first_k, train('lenet', 'sync', comm, 2, iters=0),
+                                  'no update during the first K iterations')
+
+
+@pytest.mark.parametrize('strategy', ['async-layerwise', 'delayed:2'])
+def test_snapshot_and_resume_are_exact(comm, strategy):
+    straight = train('lenet', strategy, comm, 2, iters=12, chunk_bytes=65536)
+    path = train('lenet', strategy, comm, 2, snapshot_at=5, chunk_bytes=65536)
+    resumed = train('lenet', strategy, comm, 2, iters=12, resume=path, chunk_bytes=65536)
+    np.testing.assert_array_equal(resumed, straight)
+
+
+def test_ranks_with_different_settings_stop_at_start(comm):
+    if comm.size == 1:
+        pytest.skip('needs two ranks')
+    solver = make_solver('lenet', 2, comm.rank, comm.size)
+    s = get_strategy('layerwise', solver, comm, max_in_flight=1 + comm.rank)
+    try:
+        with pytest.raises(ValueError, match=r"rank 1 differs from rank 0: rank 0 has setting "
+                                             r"max_in_flight = 1, rank 1 has setting max_in_flight = 2"):
+            s.start()
+    finally:
+        solver.close()
+        s.close()
+    MPI.COMM_WORLD.Barrier()

@@ -1,0 +1,129 @@
+"""The ``layerasync`` command end to end, in fresh processes: training with
+metrics, resume that is bit-exact, divergence reports, timing profiles, errors,
+and a failing rank that ends the whole MPI job instead of hanging it."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from layerasync import models
+
+BIN = os.path.dirname(sys.executable)
+LAYERASYNC = [sys.executable, '-m', 'layerasync']
+ENV = dict(os.environ, OMP_NUM_THREADS='1')
+
+# The digits net with dropout, so that resuming must restore random streams too.
+NET = open(models.path('digits')).read().replace(
+    'layer {\n  name: "ip2"',
+    'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" '
+    'dropout_param { dropout_ratio: 0.3 } }\nlayer {\n  name: "ip2"')
+
+
+def run(*args, cwd, timeout=120, check=True):
+    result = subprocess.run(LAYERASYNC + list(args), cwd=cwd, env=ENV, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f'exit {result.returncode}\n{result.stdout}\n{result.stderr}')
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / 'net.prototxt').write_text(NET)
+    (tmp_path / 'solver.prototxt').write_text(
+        'net: "net.prototxt"\ntest_iter: 3\ntest_interval: 10\nbase_lr: 0.05\nmomentum: 0.9\n'
+        'weight_decay: 0.0005\nlr_policy: "step"\ngamma: 0.5\nstepsize: 7\ndisplay: 5\n'
+        'max_iter: 20\nsnapshot_prefix: "snap/run"\nrandom_seed: 3\n')
+    return tmp_path
+
+
+def weights(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_train_writes_log_metrics_and_a_final_snapshot(workdir):
+    out = run('train', '--solver', 'solver.prototxt', '--metrics', 'm.jsonl', cwd=workdir)
+    assert 'Iteration 10, Testing net (#0)' in out.stdout
+    assert 'Test net output #0: accuracy' in out.stdout
+    assert 'Optimization Done.' in out.stdout
+    records = [json.loads(line) for line in open(workdir / 'm.jsonl')]
+    tests = [r for r in records if 'test/accuracy' in r]
+    assert [r['iter'] for r in tests] == [0, 10, 20]
+    assert all({'iter', 'time', 'rank'} <= set(r) for r in records)
+    assert any('loss' in r and 'lr' in r for r in records)
+    assert (workdir / 'snap' / 'run_iter_20.weights.npz').exists()
+
+
+def test_resume_in_a_fresh_process_is_bit_exact(workdir):
+    run('train', '--solver', 'solver.prototxt', cwd=workdir)
+    straight = weights(workdir / 'snap' / 'run_iter_20.weights.npz')
+    shutil.rmtree(workdir / 'snap')
+    run('train', '--solver', 'solver.prototxt', '--set', 'max_iter=8', cwd=workdir)
+    run('train', '--solver', 'solver.prototxt', '--snapshot', 'snap/run_iter_8.solverstate.npz',
+        cwd=workdir)
+    resumed = weights(workdir / 'snap' / 'run_iter_20.weights.npz')
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        np.testing.assert_array_equal(resumed[key], straight[key], key)
+
+
+def test_diverging_loss_names_iteration_and_layer(workdir):
+    out = run('train', '--solver', 'solver.prototxt', '--set', 'base_lr=1e30',
+              '--set', 'snapshot=1', cwd=workdir, check=False)
+    assert out.returncode == 1
+    assert ("rank 0, iteration 1: the loss is nan (not finite); first non-finite value in the "
+            "output 'ip1' of layer 'ip1' (InnerProduct)") in out.stderr
+    assert 'the last good snapshot is snap/run_iter_1.solverstate.npz' in out.stderr
+    assert (workdir / 'snap' / 'run_iter_1.weights.npz').exists()
+
+
+def test_time_prints_a_table_and_writes_the_profile(tmp_path):
+    out = run('time', '--model', 'lenet', '--synthetic', '--iterations', '2', '--batch', '8',
+              '--json', 'p.json', cwd=tmp_path)
+    assert 'conv1' in out.stdout and 'Average forward-backward' in out.stdout
+    profile = json.load(open(tmp_path / 'p.json'))
+    assert profile['batch'] == 8 and profile['param_bytes'] == 431080 * 4
+    conv1 = next(layer for layer in profile['layers'] if layer['name'] == 'conv1')
+    assert conv1['param_bytes'] == (20 * 25 + 20) * 4 and conv1['forward_ms'] > 0
+    assert profile['warmup_s'] > 0
+
+
+def test_test_command_scores_saved_weights(workdir):
+    run('train', '--solver', 'solver.prototxt', cwd=workdir)
+    out = run('test', '--model', 'net.prototxt', '--weights', 'snap/run_iter_20.weights.npz',
+              '--iterations', '3', cwd=workdir)
+    assert float(out.stdout.split('accuracy = ')[1].split()[0]) > 0.5
+
+
+@pytest.mark.parametrize('args, message', [
+    (['train', '--solver', 'nosuch'], "nosuch: no such file, and no zoo model 'nosuch'"),
+    (['train', '--solver', 'digits', '--set', 'max_iters=3'], "--set 'max_iters=3': expected FIELD=VALUE"),
+    (['train', '--solver', 'digits', '--strategy', 'fastest'], "unknown strategy 'fastest'"),
+    (['train', '--solver', 'digits', '--strategy', 'delayed:0'], 'delayed:K needs a delay K >= 1'),
+    (['train', '--solver', 'digits', '--set', 'lr_policy=cosine'], "unknown lr_policy 'cosine'"),
+])
+def test_bad_input_is_reported(tmp_path, args, message):
+    out = run(*args, cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+@pytest.mark.skipif(shutil.which('mpiexec', path=BIN) is None, reason='mpiexec not installed')
+def test_a_failing_rank_ends_the_whole_job(tmp_path):
+    """Rank 1 cannot find its data; rank 0 would wait for it forever at start-up."""
+    mpiexec = shutil.which('mpiexec', path=BIN)
+    common = ['train', '--solver', 'lenet', '--set', 'max_iter=5', '--no-progress']
+    command = [mpiexec, '-n', '1', *LAYERASYNC, *common, '--synthetic', ':',
+               '-n', '1', *LAYERASYNC, *common, '--data-root', str(tmp_path / 'nowhere')]
+    start = time.perf_counter()
+    out = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=90)
+    elapsed = time.perf_counter() - start
+    assert out.returncode != 0
+    assert 'rank 1: error:' in out.stderr and 'nowhere' in out.stderr
+    assert elapsed < 60
