@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from . import models, proto, schema
+from . import bench, models, plot, proto, schema
 
 __all__ = ['main']
 
@@ -52,10 +52,10 @@ def _apply_overrides(param, settings):
 
 # -- commands -----------------------------------------------------------------
 
-def _mpi(args):
-    """COMM_WORLD when launched by an MPI launcher (or --mpi), else None."""
+def _mpi(args, force=False):
+    """COMM_WORLD when launched by an MPI launcher (or --mpi, or ``force``), else None."""
     from .comm import init_mpi, under_mpi_launcher
-    if not (args.mpi or under_mpi_launcher()):
+    if not (force or args.mpi or under_mpi_launcher()):
         return None
     try:
         return init_mpi(args.progress)
@@ -80,8 +80,12 @@ def cmd_train(args):
     world = _mpi(args)
     rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
     log = Log(rank, quiet=args.quiet)
+    trace = None
+    if args.trace:
+        from .trace import Trace
+        trace = Trace(rank)
     solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
-    strategy = get_strategy(args.strategy, solver, world, **_comm_settings(args))
+    strategy = get_strategy(args.strategy, solver, world, trace=trace, **_comm_settings(args))
     try:
         extra = solver.restore(args.snapshot) if args.snapshot else None
         if args.weights:
@@ -89,11 +93,16 @@ def cmd_train(args):
         if extra:
             strategy.load_state_dict(extra)
         trainer = Trainer(solver, strategy, strategy.comm, metrics=args.metrics, log=log,
-                          progress=False if args.no_progress else None)
+                          progress=False if args.no_progress else None, trace=trace)
+        if strategy.comm is not None:
+            strategy.comm.barrier()   # a common start for timings and traces
         start = time.perf_counter()
         results = trainer.run()
         wall = time.perf_counter() - start
         log(f'Trained {solver.iter} iterations in {wall:.1f} s')
+        if trace is not None:
+            trace.write(args.trace, strategy.comm)
+            log(f'Timeline written to {args.trace}')
     finally:
         solver.close()
     strategy.close()
@@ -136,10 +145,8 @@ def cmd_time(args):
 
 
 def cmd_demo(args):
-    args.solver, args.weights, args.snapshot = 'digits', None, None
-    args.set, args.strategy, args.metrics = [], 'sync', None
-    args.seed, args.synthetic, args.data_root, args.no_progress = None, False, None, False
-    results, wall = cmd_train(args)
+    train = parser().parse_args(['train', '--solver', 'digits'] + (['--quiet'] if args.quiet else []))
+    results, wall = cmd_train(train)
     accuracy = results.get('test/accuracy')
     print(f'\nEmbedded digits: test accuracy {accuracy:.4f} after training for {wall:.1f} s '
           f'(1 process, {os.environ.get("OMP_NUM_THREADS", "all")} BLAS threads)')
@@ -182,6 +189,8 @@ def parser():
                    help='override a solver field, e.g. --set max_iter=100')
     p.add_argument('--seed', type=int, help='random seed (default: the solver\'s random_seed, else 0)')
     p.add_argument('--metrics', metavar='FILE', help='append metrics as JSON Lines to FILE')
+    p.add_argument('--trace', metavar='FILE',
+                   help='write a Chrome/Perfetto timeline of every rank to FILE')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--quiet', action='store_true', help='no log lines')
     _data_arguments(p)
@@ -203,6 +212,9 @@ def parser():
     p.add_argument('--json', metavar='FILE', help='write the profile as JSON (the simulator reads it)')
     _data_arguments(p)
     p.set_defaults(run=cmd_time)
+
+    plot.add_commands(sub)
+    bench.add_commands(sub, _comm_arguments, _comm_settings, _mpi)
 
     p = sub.add_parser('demo', help='train the embedded digits data set and report accuracy')
     p.add_argument('--quiet', action='store_true')

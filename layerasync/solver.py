@@ -203,16 +203,18 @@ class Solver:
         raise NotImplementedError
 
     # -- iterating ---------------------------------------------------------
-    def forward_backward(self, before_layer=None, after_layer=None):
+    def forward_backward(self, before_layer=None, after_layer=None, after_forward=None):
         """``iter_size`` forward/backward passes accumulating gradients; mean loss.
 
         ``after_layer`` is called only in the last pass, when each layer's
-        gradient is complete.
+        gradient is complete; ``after_forward()`` after each forward pass.
         """
         n = self.param.iter_size
         loss = 0.0
         for k in range(n):
             self.net.forward(before_layer=before_layer)
+            if after_forward is not None:
+                after_forward()
             self.net.backward(after_layer=after_layer if k == n - 1 else None)
             loss += self.net.loss
         return loss / n

@@ -82,12 +82,23 @@ class Trainer:
         window_start, window_iter = time.perf_counter(), s.iter
         self.log(f'Solving {s.net.name or "net"} ({s.type}, strategy {self.strategy.name}, '
                  f'{self.size} rank{"s" if self.size > 1 else ""}, {s.net.arena.count:,} parameters)')
+        hooks = dict(before_layer=self.strategy.before_forward,
+                     after_layer=self.strategy.after_backward)
+        traced = None
+        if self.trace is not None:
+            from .trace import TracedHooks
+            traced = TracedHooks(self.strategy, s.net, self.trace)
+            hooks = dict(before_layer=traced.before_forward, after_layer=traced.after_backward,
+                         after_forward=traced.end_forward)
+            self.trace.start()
         try:
             while s.iter < max_iter:
                 if self._due(p.test_interval) and (s.iter > 0 or p.test_initialization):
                     self.test_all()
-                loss = s.forward_backward(before_layer=self.strategy.before_forward,
-                                          after_layer=self.strategy.after_backward)
+                if traced is not None:
+                    self.trace.iteration = s.iter
+                    traced.begin_forward()
+                loss = s.forward_backward(**hooks)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(self._divergence(loss))
                 losses.append(loss)

@@ -27,7 +27,8 @@ class AsyncLayerwise(AllreduceStrategy):
             s.update()
             return
         if s.needs_all_gradients:
-            self.comm.wait_all()
+            with self.span('wait all'):
+                self.comm.wait_all()
         s.begin_update()   # fixes this iteration's learning rate for the deferred updates
         self.pending = set(range(len(self.buckets)))
 
@@ -39,9 +40,11 @@ class AsyncLayerwise(AllreduceStrategy):
             self.comm.progress()
 
     def _apply(self, bucket):
-        self.comm.wait(bucket)
-        for layer in self.buckets[bucket].layers:
-            self.solver.update_layer(layer)
+        with self.span(f'wait b{bucket}', bucket=bucket):
+            self.comm.wait(bucket)
+        with self.span(f'update b{bucket}', bucket=bucket):
+            for layer in self.buckets[bucket].layers:
+                self.solver.update_layer(layer)
         self.pending.discard(bucket)
 
     def finish(self):

@@ -16,6 +16,9 @@ flight (before a snapshot, a test, or the end of training).
 gradient arena (see ``layerasync.comm``), the map from layers to the bucket
 they complete, and the start-up checks every rank must pass.
 """
+import contextlib
+import time
+
 import numpy as np
 
 __all__ = ['Strategy', 'AllreduceStrategy']
@@ -65,6 +68,16 @@ class Strategy:
 
     def close(self):
         """Release the communicator (collective)."""
+
+    @contextlib.contextmanager
+    def span(self, name, **args):
+        """Record the enclosed work (a wait, an update) on the trace's compute track."""
+        if self.trace is None:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        self.trace.span('compute', name, start, time.perf_counter(), **args)
 
 
 class AllreduceStrategy(Strategy):

@@ -46,6 +46,10 @@ class Delayed(AllreduceStrategy):
         super().start()
         self.net.arena.use_diff(self.buffers[self.solver.iter % self.gradient_sets])
 
+    def close(self):
+        super().close()
+        self.net.arena.use_diff(self.buffers[0])   # the net's own gradient arena again
+
     def current_buffer(self):
         return self.solver.iter % self.gradient_sets
 
@@ -57,9 +61,11 @@ class Delayed(AllreduceStrategy):
         if self.in_flight[0][0] == t - self.delay:
             old, generation = self.in_flight.popleft()
             if generation is not None:
-                for b in range(len(self.buckets)):
-                    self.comm.wait(b, generation)
-            s.update(self.buffers[old % self.gradient_sets])   # also zeroes that set
+                with self.span(f'wait g({old})'):
+                    for b in range(len(self.buckets)):
+                        self.comm.wait(b, generation)
+            with self.span(f'update g({old})'):
+                s.update(self.buffers[old % self.gradient_sets])   # also zeroes that set
         self.net.arena.use_diff(self.buffers[(t + 1) % self.gradient_sets])
 
     def finish(self):

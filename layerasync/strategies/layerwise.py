@@ -29,14 +29,18 @@ class Layerwise(AllreduceStrategy):
             s.update()
             return
         if self.argument == 'all' or s.needs_all_gradients:
-            comm.wait_all()
-            s.update()
+            with self.span('wait all'):
+                comm.wait_all()
+            with self.span('update all'):
+                s.update()
             return
         s.begin_update()
         pending = list(range(len(self.buckets)))
         while pending:
-            b = pending[0] if self.argument == 'ordered' else comm.wait_any(pending)
-            comm.wait(b)
-            for layer in self.buckets[b].layers:
-                s.update_layer(layer)
+            with self.span('wait', bucket=pending[0] if self.argument == 'ordered' else None):
+                b = pending[0] if self.argument == 'ordered' else comm.wait_any(pending)
+                comm.wait(b)
+            with self.span(f'update b{b}', bucket=b):
+                for layer in self.buckets[b].layers:
+                    s.update_layer(layer)
             pending.remove(b)

@@ -18,6 +18,8 @@ class Sync(AllreduceStrategy):
 
     def end_iteration(self):
         if self.comm is not None:
-            self.post_all()
-            self.comm.wait_all()
-        self.solver.update()
+            with self.span('wait all'):
+                self.post_all()
+                self.comm.wait_all()
+        with self.span('update all'):
+            self.solver.update()

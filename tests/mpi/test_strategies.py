@@ -187,3 +187,39 @@ def test_ranks_with_different_settings_stop_at_start(comm):
         solver.close()
         s.close()
     MPI.COMM_WORLD.Barrier()
+
+
+def test_trace_records_layers_waits_and_chunks(comm, tmp_path_factory):
+    from layerasync.plot import plot_timeline
+    from layerasync.trace import Trace, load_spans
+    trace = Trace(comm.rank)
+    solver = make_solver('lenet', 2, comm.rank, comm.size)
+    s = get_strategy('async-layerwise', solver, comm, trace=trace, chunk_bytes=65536)
+    try:
+        Trainer(solver, s, s.comm, log=Log(quiet=True), progress=False, trace=trace).run(3)
+        path = os.path.join(shared_dir(comm), f'trace{comm.size}.json')
+        trace.write(path, s.comm)
+    finally:
+        solver.close()
+        s.close()
+    comm.Barrier()
+    spans = load_spans(path)
+    assert {sp['rank'] for sp in spans} == set(range(comm.size))
+    names = {sp['name'] for sp in spans if sp['rank'] == 0}
+    assert {'forward conv1', 'backward conv1', 'forward loss', 'backward ip2'} <= names
+    assert any(n.startswith('wait b') for n in names) and any(n.startswith('update b') for n in names)
+    chunks = [sp for sp in spans if sp['track'] == 'comm']
+    assert chunks and all(sp['end'] >= sp['start'] for sp in chunks)
+    if comm.rank == 0:
+        png = plot_timeline(path, path.replace('.json', '.png'), iteration=1)
+        assert os.path.getsize(png) > 10000
+
+
+def test_bench_runs_every_row(comm):
+    from layerasync.bench import format_rows, run_bench
+    rows = run_bench(comm, 'lenet', batch=2, strategies='sync,async-layerwise,delayed:1',
+                     iterations=2, warmup=1, rounds=1, log=lambda *a: None, chunk_bytes=65536)
+    assert [r['row'] for r in rows] == ['compute', 'comm', 'sync', 'async-layerwise', 'delayed:1']
+    assert all(r['ms_per_iter'] > 0 for r in rows)
+    assert 0 <= rows[3]['overlap'] <= 1 and rows[2]['vs_sync'] == 1
+    assert 'allreduce of all gradients alone' in format_rows(rows)

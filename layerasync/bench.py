@@ -1,0 +1,172 @@
+"""``layerasync bench``: every strategy on the same model, ranks and data, in one run.
+
+    mpiexec -n 2 layerasync bench --model lenet --batch 64 --csv bench.csv
+
+Per rank, interleaved in rounds so that drift of a shared machine hits all
+rows alike, it measures:
+
+- ``compute``: forward + backward + update with no communication at all,
+  while the other ranks do the same (so contention for cores and memory is
+  that of a real run);
+- ``comm``: the allreduce of all gradients alone, through the same
+  communicator settings (buckets, chunks, in-flight limit, progress engine);
+- each strategy's iteration time.
+
+``overlap`` is the hidden share of communication,
+(compute + comm - iteration) / comm, clipped to [0, 1]; ``bound`` is the
+best any overlap can do, max(compute, comm). Times are medians over rounds;
+``spread`` is (max - min) / median, the run-to-run noise. Numbers are the
+maximum over ranks (the slowest rank sets the pace).
+"""
+import csv
+import statistics
+import time
+
+import numpy as np
+
+from . import models, proto, schema
+from .net import load_net_param, set_batch_size
+
+__all__ = ['run_bench', 'add_commands']
+
+DEFAULT_STRATEGIES = 'sync,layerwise,layerwise:ordered,layerwise:lazy,async-layerwise,delayed:1'
+
+
+def make_solver(model, batch, rank, size, seed=1):
+    from .data import DataOptions
+    from .solver import get_solver
+    path = model if model.endswith('.prototxt') else models.path(model)
+    net = load_net_param(path)
+    if batch:
+        set_batch_size(net, batch)
+    param = proto.parse('base_lr: 0.001 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
+                        f'random_seed: {seed}', schema.SolverParameter)
+    param.net_param = net
+    return get_solver(param, data=DataOptions(rank=rank, world_size=size, synthetic=True))
+
+
+def _time_iterations(solver, strategy, iterations, barrier):
+    """Seconds per iteration of the trainer's inner loop for ``strategy``."""
+    barrier()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        solver.forward_backward(before_layer=strategy.before_forward,
+                                after_layer=strategy.after_backward)
+        strategy.end_iteration()
+        solver.iter += 1
+    strategy.finish()
+    return (time.perf_counter() - start) / iterations
+
+
+def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iterations=30, warmup=5,
+              rounds=3, log=print, **comm_settings):
+    """Rows of measurements (dicts), identical on every rank."""
+    from mpi4py import MPI
+
+    from .strategies import get_strategy
+    names = [s for s in strategies.split(',') if s]
+    solver = make_solver(model, batch, world.Get_rank(), world.Get_size())
+    keys = ['compute', 'comm'] + names
+    samples = {key: [] for key in keys}
+    try:
+        for r in range(rounds + 1):   # round 0 warms up (Numba, caches, MPI connections)
+            n = warmup if r == 0 else iterations
+            timings = {}
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                # A fresh strategy per row: each owns its communicator and buffers.
+                strategy = get_strategy('sync' if key in ('compute', 'comm') else key, solver,
+                                        None if key == 'compute' else world, **(
+                                            {} if key == 'compute' else comm_settings))
+                barrier = strategy.comm.barrier if strategy.comm else world.Barrier
+                try:
+                    strategy.start()
+                    measure = _time_allreduce if key == 'comm' else _time_iterations
+                    measure(solver, strategy, 2, barrier)
+                    timings[key] = measure(solver, strategy, n, barrier)
+                finally:
+                    strategy.close()
+            if r > 0:
+                slowest = np.array([timings[k] for k in keys])
+                world.Allreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)
+                for key, value in zip(keys, slowest):
+                    samples[key].append(float(value))
+                log(f'round {r}/{rounds}: ' + ', '.join(
+                    f'{k} {1e3 * v:.1f} ms' for k, v in zip(keys, slowest)))
+    finally:
+        solver.close()
+    return _rows(samples, names, model, solver, world.Get_size(), comm_settings)
+
+
+def _time_allreduce(solver, strategy, iterations, barrier):
+    barrier()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        strategy.post_all()
+        strategy.comm.wait_all()
+    return (time.perf_counter() - start) / iterations
+
+
+def _rows(samples, names, model, solver, size, comm_settings):
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    compute, comm = med['compute'], med['comm']
+    rows = []
+    for key in ['compute', 'comm'] + names:
+        t = med[key]
+        row = {'model': model, 'batch': solver.net.blobs[next(iter(solver.net.blobs))].shape[0],
+               'ranks': size, 'row': key, 'ms_per_iter': 1e3 * t, 'iters_per_s': 1 / t,
+               'spread': (max(samples[key]) - min(samples[key])) / t,
+               'compute_ms': 1e3 * compute, 'comm_ms': 1e3 * comm,
+               'overlap': '', 'vs_bound': '', 'vs_sync': ''}
+        if key in names:
+            row['overlap'] = min(1.0, max(0.0, (compute + comm - t) / comm)) if comm > 0 else ''
+            row['vs_bound'] = t / max(compute, comm)
+            row['vs_sync'] = t / med['sync'] if 'sync' in med else ''
+        rows.append({**row, **comm_settings})
+    return rows
+
+
+def format_rows(rows):
+    head = f"{'':<20} {'ms/iter':>9} {'iter/s':>8} {'spread':>7} {'overlap':>8} {'/bound':>7} {'/sync':>6}"
+    lines = [head]
+    for r in rows:
+        def f(key, fmt):
+            return format(r[key], fmt) if r[key] != '' else ''
+        lines.append(f"{r['row']:<20} {r['ms_per_iter']:>9.2f} {r['iters_per_s']:>8.2f} "
+                     f"{r['spread']:>7.1%} {f('overlap', '.0%'):>8} {f('vs_bound', '.3f'):>7} "
+                     f"{f('vs_sync', '.3f'):>6}")
+    r = rows[0]
+    lines.append(f"compute-only {r['compute_ms']:.2f} ms, allreduce of all gradients alone "
+                 f"{r['comm_ms']:.2f} ms; {r['ranks']} ranks, batch {r['batch']} per rank")
+    return '\n'.join(lines)
+
+
+def write_csv(rows, path):
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def add_commands(subparsers, comm_arguments, comm_settings, mpi):
+    p = subparsers.add_parser('bench', help='all strategies side by side (run under mpirun)')
+    p.add_argument('--model', required=True, help='net prototxt or zoo name (synthetic data)')
+    p.add_argument('--batch', type=int, help='batch per rank (default: the prototxt\'s)')
+    p.add_argument('--strategies', default=DEFAULT_STRATEGIES)
+    p.add_argument('--iterations', type=int, default=30, help='timed iterations per row and round')
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--csv', metavar='FILE', help='write the table as CSV')
+    comm_arguments(p)
+
+    def run(args):
+        world = mpi(args, force=True)
+        rank = world.Get_rank()
+        rows = run_bench(world, args.model, args.batch, args.strategies, args.iterations,
+                         args.warmup, args.rounds, log=print if rank == 0 else (lambda *a: None),
+                         **comm_settings(args))
+        if rank == 0:
+            print(format_rows(rows))
+            if args.csv:
+                write_csv(rows, args.csv)
+                print(f'written to {args.csv}')
+    p.set_defaults(run=run)
