@@ -160,22 +160,23 @@ def distinct(shape, seed):
     return np.random.default_rng(seed).permutation(count).reshape(shape) / count - 0.5
 
 
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
 @pytest.mark.parametrize('shape, kernel, pad, stride', POOL_CASES)
-def test_max_pool_matches_reference(shape, kernel, pad, stride):
-    x = distinct(shape, 3)
+def test_max_pool_matches_reference(shape, kernel, pad, stride, dtype):
+    x = distinct(shape, 3).astype(dtype)
     expected, where = pool_reference(x, kernel, pad, stride, 'MAX')
-    out, argmax = np.full(expected.shape, np.nan), np.full(expected.shape, -1, np.int32)
+    out, argmax = np.full(expected.shape, np.nan, dtype), np.full(expected.shape, -1, np.int32)
     max_pool_forward(x, *kernel, *pad, *stride, out, argmax)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(argmax, where)
-    dy = np.random.default_rng(4).standard_normal(out.shape)
-    dx = np.full(shape, np.nan)
+    dy = np.random.default_rng(4).standard_normal(out.shape).astype(dtype)
+    dx = np.full(shape, np.nan, dtype)
     max_pool_backward(dy, argmax, dx)
-    expected_dx = np.zeros(shape)
+    expected_dx = np.zeros(shape, dtype)
     for n, c, ph, pw in np.ndindex(*out.shape):
         h, w = divmod(where[n, c, ph, pw], shape[3])
         expected_dx[n, c, h, w] += dy[n, c, ph, pw]
-    np.testing.assert_allclose(dx, expected_dx, rtol=1e-12)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 def test_max_pool_ties_go_to_the_first_pixel():

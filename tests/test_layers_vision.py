@@ -33,7 +33,8 @@ def conv_reference(x, w, b, pad, stride, dilation, group):
                 patch = xp[:, g * cg:(g + 1) * cg,
                            h0:h0 + stride[0] * (oh - 1) + 1:stride[0],
                            w0:w0 + stride[1] * (ow - 1) + 1:stride[1]]
-                y[:, g * mg:(g + 1) * mg] += np.einsum('nchw,mc->nmhw', patch, w[g * mg:(g + 1) * mg, :, i, j])
+                taps = w[g * mg:(g + 1) * mg, :, i, j]
+                y[:, g * mg:(g + 1) * mg] += np.einsum('nchw,mc->nmhw', patch, taps)
     if b is not None:
         y += b[None, :, None, None]
     return y
@@ -136,14 +137,21 @@ def test_convolution_reshape_keeps_workspaces_for_the_same_shape():
     assert top[0].shape == (3, 4, 4, 4)
 
 
-def test_convolution_float32():
-    x = normal(3, 4, 7, 6)
+def test_convolution_float32_matches_float64():
+    x = normal(3, 4, 7, 6).astype(np.float32)
     text = conv('kernel_size: 3 pad: 1 stride: 2 group: 2')
-    layer, _, top = run_layer(text, [x], dtype=np.float32)
-    assert top[0].data.dtype == np.float32
-    w, b = layer.blobs[0].data.astype(np.float64), layer.blobs[1].data.astype(np.float64)
-    expected = conv_reference(x.astype(np.float32).astype(np.float64), w, b, (1, 1), (2, 2), (1, 1), 2)
-    np.testing.assert_allclose(top[0].data, expected, rtol=1e-4, atol=1e-5)
+    dy = normal(3, 4, 4, 3)
+    results = []
+    for dtype in (np.float32, np.float64):
+        layer, bottom, top = run_layer(text, [x], dtype=dtype)
+        assert top[0].data.dtype == dtype
+        top[0].diff[...] = dy
+        for p in layer.blobs:
+            p.diff[...] = 0
+        layer.backward(top, [True], bottom)
+        results.append([top[0].data, bottom[0].diff] + [p.diff for p in layer.blobs])
+    for single, double in zip(*results):
+        np.testing.assert_allclose(single, double, rtol=1e-4, atol=1e-4)
 
 
 def raises(text, bottoms, match, n_top=1):
@@ -158,16 +166,20 @@ def test_convolution_errors():
     raises('name: "conv" type: "Convolution" convolution_param { kernel_size: 3 }', [x],
            'num_output must be a positive integer')
     raises(conv(''), [x], r'kernel_size \(or kernel_h and kernel_w\) is required')
-    raises(conv('kernel_size: 3 kernel_h: 3 kernel_w: 3'), [x], 'give kernel_size or kernel_h/kernel_w, not both')
+    raises(conv('kernel_size: 3 kernel_h: 3 kernel_w: 3'), [x],
+           'give kernel_size or kernel_h/kernel_w, not both')
     raises(conv('kernel_h: 3'), [x], 'kernel_h and kernel_w must be given together')
-    raises(conv('kernel_size: [1, 2, 3]'), [x], r'kernel_size has 3 values; give one, or two \(height, width\)')
+    raises(conv('kernel_size: [1, 2, 3]'), [x],
+           r'kernel_size has 3 values; give one, or two \(height, width\)')
     raises(conv('kernel_size: 3 stride: 0'), [x], r'stride \(0, 0\) must be at least 1')
     raises(conv('kernel_size: 3 dilation: 0'), [x], r'dilation \(0, 0\) must be at least 1')
     raises(conv('kernel_size: 1 group: 2'), [x], 'input has 3 channels, not divisible by group 2')
-    raises(conv('kernel_size: 1 group: 3', num_output=4), [x], 'num_output 4 is not divisible by group 3')
+    raises(conv('kernel_size: 1 group: 3', num_output=4), [x],
+           'num_output 4 is not divisible by group 3')
     raises(conv('kernel_size: 5'), [np.ones((1, 3, 2, 8))],
            r'kernel extent 5 larger than padded input 2 \(height 2 \+ 2 \* pad 0\)')
-    raises(conv('kernel_size: 3 dilation: 2'), [x], r'kernel extent 5 larger than padded input 4 \(height 4')
+    raises(conv('kernel_size: 3 dilation: 2'), [x],
+           r'kernel extent 5 larger than padded input 4 \(height 4')
     raises(conv('kernel_size: 1'), [np.ones((1, 3, 4, 4, 4))], 'only 2-D convolution')
     raises(conv('kernel_size: 1', extra='axis: 2'), [x], 'only 2-D convolution .* with axis 2')
     raises(conv('kernel_size: 1'), [x], 'takes one top per bottom', n_top=2)
@@ -189,10 +201,12 @@ POOL_CASES = [
     ('kernel_size: 2 stride: 2', (2, 2, 4, 6), (2, 2), (0, 0), (2, 2), (2, 3)),
     ('kernel_size: 3 stride: 2', (1, 2, 6, 7), (3, 3), (0, 0), (2, 2), (3, 3)),  # ceil: 2.5 -> 3
     ('kernel_size: 3 stride: 2 pad: 1', (1, 2, 5, 6), (3, 3), (1, 1), (2, 2), (3, 4)),
-    ('kernel_size: 3 stride: 3 pad: 2', (1, 1, 4, 4), (3, 3), (2, 2), (3, 3), (2, 2)),  # last start in pad: 3 -> 2
+    # ceil gives 3, but the last window would start in the padding: 2
+    ('kernel_size: 3 stride: 3 pad: 2', (1, 1, 4, 4), (3, 3), (2, 2), (3, 3), (2, 2)),
     ('kernel_h: 3 kernel_w: 2 pad_h: 1 pad_w: 0 stride_h: 2 stride_w: 1',
      (2, 1, 5, 4), (3, 2), (1, 0), (2, 1), (3, 3)),
-    ('kernel_size: 5 stride: 2', (1, 1, 4, 4), (5, 5), (0, 0), (2, 2), (1, 1)),  # kernel larger than input
+    # a kernel larger than the input still pools: ceil(-1 / 2) + 1 = 1
+    ('kernel_size: 5 stride: 2', (1, 1, 4, 4), (5, 5), (0, 0), (2, 2), (1, 1)),
 ]
 
 
@@ -208,17 +222,19 @@ def test_pooling_forward_and_gradient(settings, shape, kernel, pad, stride, pool
     check_gradient(text, [x], max_checks=40)
 
 
-def test_pooling_floor_round_mode():
-    x = distinct((1, 2, 6, 7), 13)
-    text = pool('pool: AVE kernel_size: 3 stride: 2 round_mode: FLOOR')
-    _, _, top = run_layer(text, [x])
-    assert top[0].shape == (1, 2, 2, 3)
-    ceil_windows, _ = pool_reference(x, (3, 3), (0, 0), (2, 2), 'AVE')  # (3, 3): the last row dropped
-    np.testing.assert_allclose(top[0].data, ceil_windows[:, :, :2, :3], rtol=1e-12)
-    # the pad correction applies to FLOOR too: (4 + 4 - 3) // 3 + 1 = 2, start 3 < 4 + 2 kept
-    _, _, top = run_layer(pool('pool: MAX kernel_size: 3 stride: 3 pad: 2 round_mode: FLOOR'),
-                          [distinct((1, 1, 4, 4), 14)])
-    assert top[0].shape == (1, 1, 2, 2)
+@pytest.mark.parametrize('settings, shape, kernel, pad, stride', [
+    ('kernel_size: 3 stride: 2', (1, 2, 6, 7), (3, 3), (0, 0), (2, 2)),        # ceil (3, 3)
+    ('kernel_size: 3 stride: 2 pad: 1', (1, 1, 6, 6), (3, 3), (1, 1), (2, 2)),  # ceil (4, 4)
+])
+@pytest.mark.parametrize('method', ['MAX', 'AVE'])
+def test_pooling_floor_round_mode(settings, shape, kernel, pad, stride, method):
+    x = distinct(shape, 13)
+    _, _, top = run_layer(pool(f'pool: {method} {settings} round_mode: FLOOR'), [x])
+    floor = [(size + 2 * p - k) // s + 1 for size, k, p, s in zip(shape[2:], kernel, pad, stride)]
+    assert top[0].shape == shape[:2] + tuple(floor)
+    ceil_windows, _ = pool_reference(x, kernel, pad, stride, method)  # the same windows, and more
+    assert ceil_windows.shape != top[0].shape
+    np.testing.assert_allclose(top[0].data, ceil_windows[:, :, :floor[0], :floor[1]], rtol=1e-12)
 
 
 @pytest.mark.parametrize('method', ['MAX', 'AVE'])
@@ -240,8 +256,8 @@ def test_max_pooling_second_top_is_the_argmax_mask():
     assert top[1].shape == top[0].shape
     np.testing.assert_array_equal(top[1].data, where.astype(np.float64))
     flat = x.reshape(2, 2, -1)
-    np.testing.assert_array_equal(np.take_along_axis(flat, where.reshape(2, 2, -1), 2).reshape(top[0].shape),
-                                  top[0].data)
+    maxima = np.take_along_axis(flat, where.reshape(2, 2, -1), 2)
+    np.testing.assert_array_equal(maxima.reshape(top[0].shape), top[0].data)
     check_gradient(text, [x], n_top=2, max_checks=30)
 
 
@@ -258,13 +274,15 @@ def test_pooling_errors():
     raises(pool('pool: STOCHASTIC kernel_size: 2'), [x], 'pool STOCHASTIC is not supported')
     raises(pool('pool: AVE kernel_size: 2'), [x], 'only MAX pooling has a second top', n_top=2)
     raises(pool(''), [x], r'kernel_size \(or kernel_h and kernel_w\) is required')
-    raises(pool('kernel_size: 2 kernel_h: 2 kernel_w: 2'), [x], 'give kernel_size or kernel_h/kernel_w, not both')
+    raises(pool('kernel_size: 2 kernel_h: 2 kernel_w: 2'), [x],
+           'give kernel_size or kernel_h/kernel_w, not both')
     raises(pool('kernel_h: 2'), [x], 'kernel_h and kernel_w must be given together')
     raises(pool('kernel_size: 2 pad_h: 1'), [x], 'pad_h and pad_w must be given together')
     raises(pool('kernel_size: 2 stride: 0'), [x], r'stride \(0, 0\) must be at least 1')
     raises(pool('kernel_size: 0'), [x], r'kernel \(0, 0\) must be at least 1')
     raises(pool('kernel_size: 2 pad: 2'), [x], r'pad \(2, 2\) must be smaller than kernel \(2, 2\)')
-    raises(pool('global_pooling: true kernel_size: 2'), [x], 'global_pooling takes the kernel from the input')
+    raises(pool('global_pooling: true kernel_size: 2'), [x],
+           'global_pooling takes the kernel from the input')
     raises(pool('global_pooling: true stride: 2'), [x], 'global_pooling needs pad 0 and stride 1')
     raises(pool('kernel_size: 2'), [np.ones((2, 4, 4))], r'needs 4 axes \(N, C, H, W\)')
     raises(pool('kernel_size: 5 stride: 1'), [x], r'kernel 5 does not fit the padded input 4 \(height 4')
@@ -297,8 +315,8 @@ def test_lrn_forward_and_gradient(settings, region):
 def test_lrn_defaults_are_caffes():
     x = normal(1, 7, 2, 2)
     _, _, top = run_layer(lrn(), [x])
-    np.testing.assert_allclose(top[0].data, x * lrn_scale_reference(x, 5, 1.0, 1.0, 'ACROSS_CHANNELS') ** -0.75,
-                               rtol=1e-12)
+    scale = lrn_scale_reference(x, 5, 1.0, 1.0, 'ACROSS_CHANNELS')
+    np.testing.assert_allclose(top[0].data, x * scale ** -0.75, rtol=1e-12)
 
 
 def test_lrn_errors():
@@ -317,7 +335,8 @@ def test_lrn_errors():
 
 def test_vision_layers_in_a_net():
     net = layerasync.Net('''
-        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+        layer { name: "data" type: "Input" top: "data"
+                input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
         layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
                 convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2
                                     weight_filler { type: "xavier" } } }
@@ -330,7 +349,8 @@ def test_vision_layers_in_a_net():
     assert net.blobs['pool'].shape == (2, 4, 2, 2)
     with pytest.raises(LayerError, match="layer 'norm'"):
         layerasync.Net('''
-            layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+            layer { name: "data" type: "Input" top: "data"
+                    input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
             layer { name: "norm" type: "LRN" bottom: "data" top: "data" }
         ''', layerasync.TRAIN)
 

@@ -8,11 +8,12 @@ from .base import Layer, canonical_axis, register
 
 # Convolution runs over chunks of images: a chunk's col buffer (C*kh*kw rows,
 # one column per output pixel of every image in the chunk) should stay in L2
-# between im2col and the GEMM that reads it, yet give the GEMM enough columns
-# to run at full speed on small images. Tuned on lenet/cifar/alexnet/googlenet/
-# resnet shapes: larger budgets were up to 25% slower, smaller ones no faster.
+# between im2col and the GEMM that reads it, yet give the GEMM enough columns:
+# OpenBLAS was up to 3x slower on some shapes at 256 columns than at 512.
+# Measured on lenet/cifar/alexnet/googlenet/resnet shapes, larger budgets
+# were up to 25% slower, smaller ones no faster.
 COL_BUDGET = 1 << 16  # values in a chunk's col buffer
-MIN_COLUMNS = 256     # output pixels per chunk, whatever the budget says
+MIN_COLUMNS = 512     # output pixels per chunk, whatever the budget says
 
 
 def _hw(layer, field, pair, default, pair_required=True):
@@ -88,8 +89,9 @@ class Convolution(Layer):
         if p.bias_term:
             self.blobs.append(self.make_param((p.num_output,), p.bias_filler))
         self.rows = self.cols = np.empty(0, self.dtype)  # workspaces, sized in reshape
-        self.weight_grad_t = np.empty((self.group, weight_shape[1] * self.kernel[0] * self.kernel[1],
-                                       p.num_output // self.group), self.dtype)
+        k_g = weight_shape[1] * self.kernel[0] * self.kernel[1]
+        grad_shape = (self.group, k_g, p.num_output // self.group)
+        self.weight_grad_t = np.empty(grad_shape, self.dtype)
 
     def _out_size(self, axis_name, size, kernel, stride, pad, dilation):
         extent = dilation * (kernel - 1) + 1
@@ -173,8 +175,9 @@ class Convolution(Layer):
                     self.blobs[1].diff += dy.reshape(M, -1).sum(axis=1)
                 if want_weights:
                     # grad.T = col @ dy.T into a weight-sized workspace, then
-                    # added: NumPy's BLAS runs this long-inner-dimension product
-                    # up to 2-3x faster than dy @ col.T or scipy's gemm(beta=1).
+                    # added: for small num_output NumPy's BLAS runs this
+                    # long-inner-dimension product up to 2.4x faster than
+                    # dy @ col.T, with or without scipy's gemm(beta=1).
                     grad_t = self.weight_grad_t
                     np.matmul(self._im2col(b.data[n0:n1]), dy.transpose(0, 2, 1), out=grad_t)
                     self._weights('diff')[...] += grad_t.transpose(0, 2, 1)
