@@ -1,0 +1,35 @@
+"""The delay-stability analysis quoted in docs/theory.md."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    'delay_stability', os.path.join(os.path.dirname(__file__), '..', 'experiments', 'delay_stability.py'))
+ds = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ds)
+
+
+@pytest.mark.parametrize('delay', range(5))
+def test_bisection_finds_the_levin_may_limit(delay):
+    assert ds.largest_stable_step(delay) == pytest.approx(ds.levin_may(delay), abs=1e-6)
+
+
+def test_momentum_limits():
+    assert ds.largest_stable_step(0, 0.9) == pytest.approx(3.8, abs=1e-6)   # heavy ball: 2(1+m)
+    assert ds.largest_stable_step(1, 0.9) == pytest.approx(0.1, abs=1e-6)   # roots' product m + a < 1
+
+
+def test_simulated_quadratic_agrees_with_the_roots():
+    """Run delayed heavy-ball on w^2/2 just inside and just outside the limit."""
+    for delay, m in [(1, 0.0), (2, 0.0), (2, 0.9)]:
+        limit = ds.largest_stable_step(delay, m)
+        for a, bounded in [(0.97 * limit, True), (1.03 * limit, False)]:
+            w, h, past = 1.0, 0.0, [1.0] * (delay + 1)
+            for _ in range(4000):
+                h = m * h + a * past[0]
+                w -= h
+                past = past[1:] + [w]
+            assert (abs(w) < 1) == bounded, (delay, m, a)
+            assert np.isfinite(w) or not bounded
