@@ -239,3 +239,27 @@ def test_syntax_errors_surface_as_proto_errors(tmp_path):
         la.Net(str(f), la.TRAIN)
     with pytest.raises(ValueError, match='phase must be layerasync.TRAIN or layerasync.TEST'):
         la.Net(INPUT, 'train')
+
+
+BAD_PARAMETERS = [
+    ('Convolution', 'convolution_param { num_output: 0 kernel_size: 3 }', 'num_output must be a positive integer'),
+    ('Convolution', 'convolution_param { num_output: 4 kernel_size: 20 }', 'kernel extent 20 larger than padded input 8'),
+    ('Convolution', 'convolution_param { num_output: 4 kernel_size: 3 stride: 0 }', 'stride (0, 0) must be at least 1'),
+    ('Convolution', 'convolution_param { num_output: 4 kernel_size: 3 group: 2 }', 'input has 3 channels, not divisible by group 2'),
+    ('Pooling', 'pooling_param { pool: MAX }', 'kernel_size (or kernel_h and kernel_w) is required'),
+    ('Pooling', 'pooling_param { kernel_size: 2 pad: 3 }', 'pad (3, 3) must be smaller than kernel (2, 2)'),
+    ('LRN', 'lrn_param { local_size: 4 }', 'local_size must be a positive odd number, got 4'),
+    ('InnerProduct', 'inner_product_param { num_output: 3 axis: 7 }', 'axis 7 out of range for a 4-d blob'),
+    ('Flatten', 'flatten_param { axis: 3 end_axis: 1 }', 'axis 3 comes after end_axis 1'),
+    ('BatchNorm', 'batch_norm_param { eps: -1 }', 'eps must be positive'),
+    ('Scale', 'scale_param { axis: 3 num_axes: 4 }', 'extends past the 4 axes'),
+]
+
+
+@pytest.mark.parametrize('kind, param, expected', BAD_PARAMETERS)
+def test_bad_layer_parameters_name_the_layer(kind, param, expected):
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
+            f'layer {{ name: "bad" type: "{kind}" bottom: "x" top: "z" {param} }}')
+    with pytest.raises(la.LayerError) as e:
+        la.Net(text, la.TRAIN)
+    assert f"<string>:2:1: layer 'bad' ({kind}): " in str(e.value) and expected in str(e.value)

@@ -45,6 +45,9 @@ class BatchNorm(Layer):
         self.use_global_stats = (self.phase == 'TEST' if p.use_global_stats is None
                                  else p.use_global_stats)
         self.check(bottom[0].num_axes >= 1, 'needs a bottom with at least one axis')
+        self.check(p.eps > 0, f'batch_norm_param.eps must be positive, got {p.eps:g}')
+        self.check(0 <= p.moving_average_fraction <= 1, 'batch_norm_param.moving_average_fraction '
+                   f'must be in [0, 1], got {p.moving_average_fraction:g}')
         self.channels = bottom[0].shape[1] if bottom[0].num_axes > 1 else 1
         zero = Message(schema.FillerParameter, self.spec.where)
         self.blobs = [self.make_param(shape, zero) for shape in
