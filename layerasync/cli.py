@@ -4,6 +4,10 @@
     layerasync test  --model M --weights W [--iterations N]
     layerasync time  --model M [--iterations N] [--batch B] [--json FILE]
     layerasync demo
+    layerasync bench --model M            (under mpirun: every strategy side by side)
+    layerasync launch [--np N --hostfile F --fabric ib ...] -- train ...
+    layerasync cluster up|status|down     (an emulated cluster on this machine)
+    layerasync plot timeline|metrics ...
 
 ``--solver``/``--model`` take a file or the name of a zoo model (``lenet``,
 ``digits``, ...). Run under ``mpirun -n P`` to train on P ranks.
@@ -15,6 +19,7 @@ import sys
 import time
 
 from . import bench, models, plot, proto, schema
+from .launch import cli as launch_cli
 
 __all__ = ['main']
 
@@ -215,6 +220,7 @@ def parser():
 
     plot.add_commands(sub)
     bench.add_commands(sub, _comm_arguments, _comm_settings, _mpi)
+    launch_cli.add_commands(sub)
 
     p = sub.add_parser('demo', help='train the embedded digits data set and report accuracy')
     p.add_argument('--quiet', action='store_true')
