@@ -3,8 +3,8 @@
 Run once, from the repository root, with scikit-learn installed in a scratch
 environment (the package itself never imports scikit-learn)::
 
-    python3 -m venv /tmp/skl && /tmp/skl/bin/pip install scikit-learn
-    /tmp/skl/bin/python scripts/make_digits.py
+    python3 -m venv skl-venv && skl-venv/bin/pip install scikit-learn
+    skl-venv/bin/python scripts/make_digits.py
 
 The source is the "Optical Recognition of Handwritten Digits" data set of the
 UCI Machine Learning Repository (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0;
