@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Numba caches compiled kernels next to the sources; keep one thread per rank by default.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean experiments exp-stability exp-convergence exp-bench exp-timeline
 
 venv: $(STAMP)
 
@@ -32,6 +32,36 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 	$(MPI_TESTS)
 	MPIR_CVAR_ASYNC_PROGRESS=1 LAYERASYNC_TEST_PROGRESS=mpi $(MPI_TESTS) -k "communication_setting or rank_valued"
+	timeout 600 $(MPIEXEC) -n 3 $(PY) -m pytest -q -p no:cacheprovider tests/mpi3
+
+# Experiments: each writes its data and figures under $(OUT)/ and prints the
+# table that docs/results.md quotes (with these commands).
+OUT ?= out
+BENCH_MODELS ?= lenet alexnet-mini resnet20
+BENCH_FLAGS ?= --batch 64 --iterations 30 --rounds 3
+LAYERASYNC := $(VENV)/bin/layerasync
+
+experiments: exp-stability exp-convergence exp-bench exp-timeline
+
+exp-stability: $(STAMP)
+	$(PY) experiments/delay_stability.py
+
+exp-convergence: $(STAMP)
+	$(PY) experiments/convergence.py --ranks 2 --out $(OUT)/convergence
+
+exp-bench: $(STAMP)
+	mkdir -p $(OUT)/bench
+	for m in $(BENCH_MODELS); do \
+	  $(MPIEXEC) -n 2 $(LAYERASYNC) bench --model $$m $(BENCH_FLAGS) --csv $(OUT)/bench/$$m.csv || exit 1; \
+	done
+
+exp-timeline: $(STAMP)
+	mkdir -p $(OUT)/timeline
+	for s in sync async-layerwise; do \
+	  $(MPIEXEC) -n 2 $(LAYERASYNC) train --solver lenet --synthetic --strategy $$s --set max_iter=12 \
+	    --set display=0 --no-progress --quiet --trace $(OUT)/timeline/$$s.json || exit 1; \
+	  $(LAYERASYNC) plot timeline $(OUT)/timeline/$$s.json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

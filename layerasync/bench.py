@@ -12,11 +12,19 @@ rows alike, it measures:
   communicator settings (buckets, chunks, in-flight limit, progress engine);
 - each strategy's iteration time.
 
+With ``--servers S`` the last S ranks are parameter servers: the ``ps-sync``
+and ``ps-async`` rows use the whole job, every other row runs on the
+remaining P - S (worker) ranks alone, so all rows train the same number of
+workers and the PS rows cost S extra ranks::
+
+    mpiexec -n 3 layerasync bench --model lenet --batch 64 --servers 1
+
 ``overlap`` is the hidden share of communication,
 (compute + comm - iteration) / comm, clipped to [0, 1]; ``bound`` is the
 best any overlap can do, max(compute, comm). Times are medians over rounds;
 ``spread`` is (max - min) / median, the run-to-run noise. Numbers are the
-maximum over ranks (the slowest rank sets the pace).
+maximum over ranks (the slowest rank sets the pace). ``overlap`` and
+``bound`` refer to the allreduce, so the PS rows leave them empty.
 """
 import csv
 import statistics
@@ -30,6 +38,7 @@ from .net import load_net_param, set_batch_size
 __all__ = ['run_bench', 'add_commands']
 
 DEFAULT_STRATEGIES = 'sync,layerwise,layerwise:ordered,layerwise:lazy,async-layerwise,delayed:1'
+PS_STRATEGIES = 'ps-sync,ps-async'
 
 
 def make_solver(model, batch, rank, size, seed=1):
@@ -59,13 +68,25 @@ def _time_iterations(solver, strategy, iterations, barrier):
 
 
 def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iterations=30, warmup=5,
-              rounds=3, log=print, **comm_settings):
-    """Rows of measurements (dicts), identical on every rank."""
+              rounds=3, log=print, servers=0, staleness=None, **comm_settings):
+    """Rows of measurements (dicts), identical on every rank (collective over ``world``).
+
+    ``servers``: the last ``servers`` ranks serve the ``ps-*`` rows and sit out the others.
+    """
     from mpi4py import MPI
 
+    from .comm.ps import wait_all
     from .strategies import get_strategy
+    from .strategies.ps_server import serve
     names = [s for s in strategies.split(',') if s]
-    solver = make_solver(model, batch, world.Get_rank(), world.Get_size())
+    if any(n.startswith('ps-') for n in names) and not servers:
+        raise ValueError('the ps-* rows need parameter servers: give --servers S (S >= 1)')
+    workers = world.Get_size() - servers
+    if workers < 1:
+        raise ValueError(f'{servers} server(s) leave no worker among {world.Get_size()} ranks')
+    serving = world.Get_rank() >= workers
+    group = world.Split(int(serving), world.Get_rank()) if servers else world
+    solver = make_solver(model, batch, 0 if serving else world.Get_rank(), max(workers, 1))
     keys = ['compute', 'comm'] + names
     samples = {key: [] for key in keys}
     try:
@@ -73,11 +94,22 @@ def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iteration
             n = warmup if r == 0 else iterations
             timings = {}
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                if key.startswith('ps-'):
+                    ps = dict(servers=servers, staleness=staleness if key == 'ps-async' else None)
+                    # Servers wait for the workers here asleep (a blocking call would spin).
+                    wait_all([world.Ibarrier()])
+                    if serving:
+                        serve(solver, world, key, **ps)
+                        continue
+                elif serving:
+                    continue
                 # A fresh strategy per row: each owns its communicator and buffers.
+                comm, settings = (world, {**comm_settings, **ps}) if key.startswith('ps-') else (
+                    group, comm_settings)
                 strategy = get_strategy('sync' if key in ('compute', 'comm') else key, solver,
-                                        None if key == 'compute' else world, **(
-                                            {} if key == 'compute' else comm_settings))
-                barrier = strategy.comm.barrier if strategy.comm else world.Barrier
+                                        None if key == 'compute' else comm,
+                                        **({} if key == 'compute' else settings))
+                barrier = strategy.comm.barrier if strategy.comm else group.Barrier
                 try:
                     strategy.start()
                     measure = _time_allreduce if key == 'comm' else _time_iterations
@@ -86,15 +118,18 @@ def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iteration
                 finally:
                     strategy.close()
             if r > 0:
-                slowest = np.array([timings[k] for k in keys])
-                world.Allreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)
+                slowest = np.array([timings.get(k, 0.0) for k in keys])
+                # Non-blocking, so that idle servers sleep instead of spinning on a core.
+                wait_all([world.Iallreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)])
                 for key, value in zip(keys, slowest):
                     samples[key].append(float(value))
                 log(f'round {r}/{rounds}: ' + ', '.join(
                     f'{k} {1e3 * v:.1f} ms' for k, v in zip(keys, slowest)))
     finally:
         solver.close()
-    return _rows(samples, names, model, solver, world.Get_size(), comm_settings)
+        if servers:
+            group.Free()
+    return _rows(samples, names, model, solver, workers, servers, comm_settings)
 
 
 def _time_allreduce(solver, strategy, iterations, barrier):
@@ -106,20 +141,22 @@ def _time_allreduce(solver, strategy, iterations, barrier):
     return (time.perf_counter() - start) / iterations
 
 
-def _rows(samples, names, model, solver, size, comm_settings):
+def _rows(samples, names, model, solver, size, servers, comm_settings):
     med = {k: statistics.median(v) for k, v in samples.items()}
     compute, comm = med['compute'], med['comm']
     rows = []
     for key in ['compute', 'comm'] + names:
         t = med[key]
         row = {'model': model, 'batch': solver.net.blobs[next(iter(solver.net.blobs))].shape[0],
-               'ranks': size, 'row': key, 'ms_per_iter': 1e3 * t, 'iters_per_s': 1 / t,
+               'ranks': size, 'servers': servers if key.startswith('ps-') else 0,
+               'row': key, 'ms_per_iter': 1e3 * t, 'iters_per_s': 1 / t,
                'spread': (max(samples[key]) - min(samples[key])) / t,
                'compute_ms': 1e3 * compute, 'comm_ms': 1e3 * comm,
                'overlap': '', 'vs_bound': '', 'vs_sync': ''}
-        if key in names:
+        if key in names and not key.startswith('ps-'):
             row['overlap'] = min(1.0, max(0.0, (compute + comm - t) / comm)) if comm > 0 else ''
             row['vs_bound'] = t / max(compute, comm)
+        if key in names:
             row['vs_sync'] = t / med['sync'] if 'sync' in med else ''
         rows.append({**row, **comm_settings})
     return rows
@@ -137,6 +174,10 @@ def format_rows(rows):
     r = rows[0]
     lines.append(f"compute-only {r['compute_ms']:.2f} ms, allreduce of all gradients alone "
                  f"{r['comm_ms']:.2f} ms; {r['ranks']} ranks, batch {r['batch']} per rank")
+    servers = max(row['servers'] for row in rows)
+    if servers:
+        lines.append(f'the ps-* rows train the same {r["ranks"]} workers on {servers} more '
+                     f'rank(s), the parameter server(s)')
     return '\n'.join(lines)
 
 
@@ -151,7 +192,11 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     p = subparsers.add_parser('bench', help='all strategies side by side (run under mpirun)')
     p.add_argument('--model', required=True, help='net prototxt or zoo name (synthetic data)')
     p.add_argument('--batch', type=int, help='batch per rank (default: the prototxt\'s)')
-    p.add_argument('--strategies', default=DEFAULT_STRATEGIES)
+    p.add_argument('--strategies', help=f'default: {DEFAULT_STRATEGIES}, and with --servers '
+                   f'also {PS_STRATEGIES}')
+    p.add_argument('--servers', type=int, default=0, metavar='S',
+                   help='the last S ranks serve the ps-* rows; the other rows run without them')
+    p.add_argument('--staleness', type=int, metavar='S', help='staleness bound of ps-async')
     p.add_argument('--iterations', type=int, default=30, help='timed iterations per row and round')
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--rounds', type=int, default=3)
@@ -161,9 +206,11 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     def run(args):
         world = mpi(args, force=True)
         rank = world.Get_rank()
-        rows = run_bench(world, args.model, args.batch, args.strategies, args.iterations,
+        strategies = args.strategies or DEFAULT_STRATEGIES + (
+            ',' + PS_STRATEGIES if args.servers else '')
+        rows = run_bench(world, args.model, args.batch, strategies, args.iterations,
                          args.warmup, args.rounds, log=print if rank == 0 else (lambda *a: None),
-                         **comm_settings(args))
+                         servers=args.servers, staleness=args.staleness, **comm_settings(args))
         if rank == 0:
             print(format_rows(rows))
             if args.csv:

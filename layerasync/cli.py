@@ -84,13 +84,28 @@ def cmd_train(args):
     param = _apply_overrides(load_solver_param(_zoo_or_path(args.solver, 'solver')), args.set)
     world = _mpi(args)
     rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+    # Parameter-server strategies: the last --servers ranks serve, the others train.
+    ps = {}
+    if args.strategy.startswith('ps-'):
+        ps = dict(servers=args.servers, staleness=args.staleness)
+    workers = size - args.servers if ps and world is not None else size
     log = Log(rank, quiet=args.quiet)
     trace = None
     if args.trace:
         from .trace import Trace
         trace = Trace(rank)
-    solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
-    strategy = get_strategy(args.strategy, solver, world, trace=trace, **_comm_settings(args))
+    if rank >= workers:
+        from .data import DataOptions
+        from .strategies.ps_server import serve
+        solver = get_solver(param, seed=args.seed, data=DataOptions(synthetic=True, prefetch=False))
+        start = time.perf_counter()
+        try:
+            serve(solver, world, args.strategy, trace=trace, **ps)
+        finally:
+            solver.close()
+        return {}, time.perf_counter() - start
+    solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, workers))
+    strategy = get_strategy(args.strategy, solver, world, trace=trace, **_comm_settings(args), **ps)
     try:
         extra = solver.restore(args.snapshot) if args.snapshot else None
         if args.weights:
@@ -189,7 +204,13 @@ def parser():
     p.add_argument('--weights', help='initial weights (.weights.npz) to fine-tune from')
     p.add_argument('--snapshot', help='resume from a .solverstate.npz')
     p.add_argument('--strategy', default='sync',
-                   help='sync, layerwise[:all|ordered|lazy], async-layerwise, delayed:K')
+                   help='sync, layerwise[:all|ordered|lazy], async-layerwise, delayed:K, '
+                        'ps-sync, ps-async')
+    p.add_argument('--servers', type=int, default=1, metavar='S',
+                   help='ps-*: the last S ranks serve parameters, the others train (default 1)')
+    p.add_argument('--staleness', type=int, metavar='S',
+                   help='ps-async: no worker runs more than S iterations ahead of the slowest '
+                        '(default 2; 0 is synchronous)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='override a solver field, e.g. --set max_iter=100')
     p.add_argument('--seed', type=int, help='random seed (default: the solver\'s random_seed, else 0)')

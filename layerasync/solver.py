@@ -180,17 +180,22 @@ class Solver:
     def update_layer(self, i, grad=None):
         """Update layer ``i`` from its slice of ``grad`` (default: the gradient
         arena), then zero that slice for the next accumulation."""
-        p = self.param
-        weights = self.net.arena.data
-        grad = self.net.arena.diff if grad is None else grad
-        scale = self.grad_scale * self.clip_scale / p.iter_size
-        l1 = p.regularization_type == 'L1'
         for view, lr_mult, decay_mult in self._plan[i]:
-            if lr_mult == 0:
-                grad[view] = 0.0  # only written under force_backward; never applied
-            else:
-                self._apply(weights[view], grad[view], [h[view] for h in self.history],
-                            self.rate * lr_mult, p.weight_decay * decay_mult, scale, l1)
+            self.update_slice(view, lr_mult, decay_mult, grad)
+
+    def update_slice(self, view, lr_mult=1.0, decay_mult=1.0, grad=None):
+        """Update the parameters in arena slice ``view`` (one parameter blob or
+        a piece of one, whose ``param { lr_mult decay_mult }`` are given) as
+        ``update_layer`` does, with the rate fixed by ``begin_update``; zero
+        that slice of ``grad``. A parameter server updates its pieces with it."""
+        p = self.param
+        grad = self.net.arena.diff if grad is None else grad
+        if lr_mult == 0:
+            grad[view] = 0.0  # only written under force_backward; never applied
+            return
+        self._apply(self.net.arena.data[view], grad[view], [h[view] for h in self.history],
+                    self.rate * lr_mult, p.weight_decay * decay_mult,
+                    self.grad_scale * self.clip_scale / p.iter_size, p.regularization_type == 'L1')
 
     def update(self, grad=None):
         """The whole step: exactly ``begin_update`` then every layer's update."""

@@ -152,7 +152,10 @@ class Trainer:
             self.log(f'    Train net output #{k}: {name} = {_fmt(value)}'
                      + (f' (* {weight:g} = {_fmt(value * weight)} loss)' if weight else ''))
         self.log(f'Iteration {s.iter}, lr = {s.learning_rate():.6g}')
-        self.write_metrics(iter=s.iter, loss=loss, lr=s.learning_rate(), iters_per_s=rate)
+        extra = self.strategy.metrics()
+        for name, value in extra.items():
+            self.log(f'Iteration {s.iter}, {self.strategy.name} {name} = {value}')
+        self.write_metrics(iter=s.iter, loss=loss, lr=s.learning_rate(), iters_per_s=rate, **extra)
 
     @staticmethod
     def _outputs(net, values=None):

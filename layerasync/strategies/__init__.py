@@ -14,6 +14,8 @@ STRATEGIES = {
     'layerwise': ('layerwise', 'Layerwise'),
     'async-layerwise': ('async_layerwise', 'AsyncLayerwise'),
     'delayed': ('delayed', 'Delayed'),
+    'ps-sync': ('ps', 'PsSync'),
+    'ps-async': ('ps', 'PsAsync'),
 }
 
 

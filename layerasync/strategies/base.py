@@ -66,6 +66,11 @@ class Strategy:
         """What must agree across ranks (checked at start-up)."""
         return {'strategy': self.name}
 
+    def metrics(self):
+        """What the strategy observes about itself, logged and written with the
+        training metrics at every display (ps-async: its staleness)."""
+        return {}
+
     def close(self):
         """Release the communicator (collective)."""
 
