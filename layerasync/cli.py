@@ -7,6 +7,7 @@
     layerasync bench --model M            (under mpirun: every strategy side by side)
     layerasync launch [--np N --hostfile F --fabric ib ...] -- train ...
     layerasync cluster up|status|down     (an emulated cluster on this machine)
+    layerasync sim --profile P.json --fabric ib-edr --ranks 2,4,...,256
     layerasync plot timeline|metrics ...
 
 ``--solver``/``--model`` take a file or the name of a zoo model (``lenet``,
@@ -20,6 +21,7 @@ import time
 
 from . import bench, models, plot, proto, schema
 from .launch import cli as launch_cli
+from .sim import cli as sim_cli
 
 __all__ = ['main']
 
@@ -242,6 +244,7 @@ def parser():
     plot.add_commands(sub)
     bench.add_commands(sub, _comm_arguments, _comm_settings, _mpi)
     launch_cli.add_commands(sub)
+    sim_cli.add_commands(sub)
 
     p = sub.add_parser('demo', help='train the embedded digits data set and report accuracy')
     p.add_argument('--quiet', action='store_true')

@@ -1,0 +1,123 @@
+"""Performance model: a measured per-layer profile extrapolated to P ranks.
+
+    profile = load_profile('alexnet.json')            # from `layerasync time --json`
+    rows = simulate(profile, fabric('ib-edr'), ranks=[2, 4, 8],
+                    strategies=['sync', 'async-layerwise', 'delayed:1'])
+
+Weak scaling: every rank keeps the profile's batch, so P ranks process P
+batches per iteration. For each P and strategy the model plays a steady-state
+iteration (``schedule``) with the same buckets and chunks as the real
+communicator (``layerasync.comm.buckets.make_buckets`` over the profile's
+parameter bytes in backward order) and per-chunk allreduce costs from the
+network model (``model``). What it cannot know is said in ``docs/simulator.md``.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from ..comm.buckets import make_buckets
+from .model import ALGORITHMS, FABRICS, Network, fabric, parse_bandwidth, parse_latency
+from .schedule import Plan, parse_strategy, steady_iteration
+
+__all__ = ['load_profile', 'make_plan', 'simulate', 'Result', 'Network', 'fabric', 'FABRICS',
+           'ALGORITHMS', 'parse_bandwidth', 'parse_latency', 'DEFAULT_STRATEGIES']
+
+DEFAULT_STRATEGIES = ('sync', 'layerwise', 'layerwise:ordered', 'layerwise:lazy',
+                      'async-layerwise', 'delayed:1', 'delayed:2')
+ITEMSIZE = 4   # the arenas are float32
+# The priority scheduler's round vector: two int64 counters per chunk.
+ROUND_BYTES_PER_CHUNK = 16
+
+
+def load_profile(path):
+    """A profile written by ``layerasync time --json``; ValueError if it is not one."""
+    with open(path) as f:
+        profile = json.load(f)
+    layers = profile.get('layers') if isinstance(profile, dict) else None
+    if not layers or any(k not in layers[0] for k in ('forward_ms', 'backward_ms', 'param_bytes')):
+        raise ValueError(f'{path}: not a layer profile (expected "layers" with forward_ms, '
+                         'backward_ms and param_bytes); write one with '
+                         '`layerasync time --model M --json FILE`')
+    return profile
+
+
+@dataclass
+class Result:
+    """One strategy at one P; times in ms per iteration."""
+    ranks: int
+    strategy: str
+    iteration_ms: float   # steady-state time of one iteration
+    compute_ms: float     # forward + backward + updates: one rank's iteration
+    comm_ms: float        # communication alone: every chunk of an iteration, ready at once
+    exposed_ms: float     # iteration - compute: communication (and its waits) not hidden
+    overlap: float        # hidden / total communication, in [0, 1]; nan without communication
+    speedup: float        # samples/s over one rank's: P * compute / iteration
+    efficiency: float     # speedup / P
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def make_plan(profile, network, ranks, fusion_bytes=0, chunk_bytes=0, in_flight=4,
+              scheduler='priority', update_rate=2.5e9, compute_speedup=1.0, hook_overhead=0.0):
+    """The ``schedule.Plan`` of one rank of ``ranks``.
+
+    ``update_rate``: parameter bytes per second of the solver update.
+    ``compute_speedup``: a what-if for a rank that computes S times faster than
+    the profiled process (more cores, a faster CPU): forward, backward and
+    update times are divided by S; communication is not.
+    ``hook_overhead``: seconds of compute per layer hook that posts or
+    progresses communication (the compute thread's share of communication,
+    see ``schedule``); measured, not derived — 0 assumes it away.
+    fusion/chunk/in-flight/scheduler mean what ``layerasync train``'s flags do.
+    """
+    if compute_speedup <= 0:
+        raise ValueError(f'compute_speedup must be positive, not {compute_speedup}')
+    if scheduler not in ('fifo', 'priority'):
+        raise ValueError(f"scheduler '{scheduler}' is not one of fifo, priority")
+    layers = profile['layers']
+    for layer in layers:
+        if layer['param_bytes'] % ITEMSIZE:
+            raise ValueError(f"layer {layer.get('name', '?')}: {layer['param_bytes']} parameter "
+                             'bytes is not a whole number of float32 values')
+    # The arena: parameter layers in backward order, each a contiguous slice.
+    segments, offset = [], 0
+    for i in reversed(range(len(layers))):
+        count = layers[i]['param_bytes'] // ITEMSIZE
+        if count:
+            segments.append((i, slice(offset, offset + count)))
+            offset += count
+    buckets, chunks = make_buckets(segments, fusion_bytes, chunk_bytes, ITEMSIZE)
+    parts = [network.allreduce_parts((c.stop - c.start) * ITEMSIZE, ranks) for c in chunks]
+    priority = scheduler == 'priority'
+    # Rounds are tiny messages: any MPI library reduces them with its
+    # latency-optimal algorithm, whatever carries the gradients.
+    round_s = (network.with_(algorithm='auto').allreduce_time(
+        ROUND_BYTES_PER_CHUNK * len(chunks), ranks) if priority else 0.0)
+    scale = 1 / compute_speedup
+    return Plan(forward_s=[scale * 1e-3 * layer['forward_ms'] for layer in layers],
+                backward_s=[scale * 1e-3 * layer['backward_ms'] for layer in layers],
+                update_s=[scale * layer['param_bytes'] / update_rate for layer in layers],
+                buckets=buckets, chunks=chunks, chunk_busy_s=[busy for _, busy in parts],
+                chunk_latency_s=[latency for latency, _ in parts], in_flight=in_flight,
+                priority=priority, round_s=round_s, hook_s=hook_overhead if ranks > 1 else 0.0)
+
+
+def simulate(profile, network, ranks, strategies=DEFAULT_STRATEGIES, **settings):
+    """A ``Result`` per (P, strategy), P in ``ranks``; ``settings`` go to ``make_plan``."""
+    for spec in strategies:
+        parse_strategy(spec)   # fail on a bad name before any work
+    results = []
+    for p in ranks:
+        if p < 1:
+            raise ValueError(f'ranks must be at least 1, not {p}')
+        plan = make_plan(profile, network, p, **settings)
+        compute, comm = plan.compute_s, plan.comm_alone_s()
+        for spec in strategies:
+            iteration = steady_iteration(plan, spec)
+            exposed = max(0.0, iteration - compute)
+            overlap = max(0.0, 1.0 - exposed / comm) if comm > 0 else math.nan
+            results.append(Result(p, spec, 1e3 * iteration, 1e3 * compute, 1e3 * comm,
+                                  1e3 * exposed, overlap, p * compute / iteration,
+                                  compute / iteration))
+    return results

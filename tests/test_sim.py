@@ -1,0 +1,291 @@
+"""The performance model on cases small enough to work out by hand.
+
+Times in the schedule tests are plain numbers (the model is unit-free); each
+expected value is derived in the test's comment.
+"""
+import argparse
+import csv
+import json
+import math
+
+import pytest
+
+from layerasync.comm.buckets import make_buckets
+from layerasync.sim import Network, fabric, load_profile, make_plan, simulate
+from layerasync.sim.calibrate import fit_network, fit_report
+from layerasync.sim.cli import add_commands, parse_ranks
+from layerasync.sim.model import parse_bandwidth, parse_latency
+from layerasync.sim.schedule import Plan, iteration_ends, parse_strategy, steady_iteration
+
+
+def plan(forward, backward, update, counts, busy, latency=None, chunk_count=0, **kw):
+    """A Plan over layers with ``counts[l]`` float32 parameters (arena in backward order)."""
+    segments, offset = [], 0
+    for layer in reversed(range(len(counts))):
+        if counts[layer]:
+            segments.append((layer, slice(offset, offset + counts[layer])))
+            offset += counts[layer]
+    buckets, chunks = make_buckets(segments, 0, 4 * chunk_count)
+    n = len(chunks)
+    return Plan(forward, backward, update, buckets, chunks,
+                chunk_busy_s=busy if isinstance(busy, list) else [busy] * n,
+                chunk_latency_s=None if latency is None else [latency] * n, **kw)
+
+
+# -- network model --------------------------------------------------------------
+
+def test_allreduce_formulas():
+    n, p = 1e6, 4
+    ring = Network(alpha=1e-6, beta=1e9, gamma=1e-10)
+    # 2(P-1) alpha + 2(P-1)/P n/beta + (P-1)/P n gamma
+    assert ring.allreduce_time(n, p) == pytest.approx(6e-6 + 1.5e-3 + 0.75e-4)
+    assert ring.allreduce_parts(n, p) == pytest.approx((6e-6, 1.5e-3 + 0.75e-4))
+    rd = ring.with_(algorithm='recursive-doubling')
+    # log2(P) (alpha + n/beta + n gamma)
+    assert rd.allreduce_time(n, p) == pytest.approx(2 * (1e-6 + 1e-3 + 1e-4))
+    rab = ring.with_(algorithm='rabenseifner')
+    assert rab.allreduce_time(n, p) == pytest.approx(4e-6 + 1.5e-3 + 0.75e-4)
+    auto = ring.with_(algorithm='auto')
+    assert auto.allreduce_time(n, p) == pytest.approx(rab.allreduce_time(n, p))
+    assert auto.allreduce_time(8, 256) == pytest.approx(rd.allreduce_time(8, 256))
+    assert ring.allreduce_time(n, 1) == 0 and ring.allreduce_time(0, 8) == 0
+
+
+def test_network_rejects_nonsense():
+    with pytest.raises(ValueError, match='known: ring'):
+        Network(1e-6, 1e9, algorithm='tree')
+    with pytest.raises(ValueError, match='bandwidth > 0'):
+        Network(1e-6, 0)
+    with pytest.raises(ValueError, match='known: '):
+        fabric('token-ring')
+
+
+@pytest.mark.parametrize('text, value', [('10Gbit', 1.25e9), ('10Gb/s', 1.25e9), ('10Gbps', 1.25e9),
+                                         ('1.25GB/s', 1.25e9), ('100MiB/s', 100 * 2 ** 20)])
+def test_parse_bandwidth(text, value):
+    assert parse_bandwidth(text) == pytest.approx(value)
+
+
+def test_parse_latency_and_ranks():
+    assert parse_latency('2us') == pytest.approx(2e-6)
+    assert parse_latency('0.5ms') == pytest.approx(5e-4)
+    assert parse_ranks('2,4,8,...,256') == [2, 4, 8, 16, 32, 64, 128, 256]
+    assert parse_ranks('1,3,9,...,81') == [1, 3, 9, 27, 81]
+    assert parse_ranks('1,2,6') == [1, 2, 6]
+    for bad in ('3', '10G'):
+        with pytest.raises(ValueError):
+            (parse_latency if bad == '3' else parse_bandwidth)(bad)
+    with pytest.raises(ValueError, match='doubling run'):
+        parse_ranks('2,...,8')
+
+
+def test_fit_recovers_a_ring_network():
+    truth = Network(alpha=5e-6, beta=2e9)
+    sizes = [4 << 10 << 2 * k for k in range(8)]
+    sweep = {'ranks': 2, 'sizes': sizes,
+             'iallreduce_s': [truth.allreduce_time(n, 2) for n in sizes]}
+    fitted = fit_network(sweep)
+    assert fitted.alpha == pytest.approx(5e-6, rel=1e-6)
+    assert fitted.beta == pytest.approx(2e9, rel=1e-6)
+    assert all(row.endswith('+0%') or row.endswith('-0%') for row in fit_report(sweep, fitted)[1:])
+
+
+# -- schedule: two layers, every number by hand -------------------------------------
+
+# Layers 0 and 1: forward 1 each, backward 1 each, update 0.5 each; one chunk
+# per layer, each busy on the link for 3, no latency. Backward ends at 4; layer
+# 1's chunk is ready at 3, layer 0's at 4. Compute alone: 5.
+TWO = dict(forward=[1, 1], backward=[1, 1], update=[0.5, 0.5], counts=[10, 10], busy=3)
+
+
+@pytest.mark.parametrize('strategy, period', [
+    ('sync', 11),                 # 4 + both chunks after backward (6) + updates (1)
+    ('layerwise', 10),            # chunks run 3..6 and 6..9; wait to 9, updates (1)
+    ('layerwise:ordered', 9.5),   # layer 1's bucket at 6 (+0.5), layer 0's at 9 (+0.5)
+    ('layerwise:lazy', 9.5),      # the same order here
+    ('async-layerwise', 10),      # next forward waits for layer 0's chunk (5 after the end)
+    ('delayed:1', 6),             # hidden but for the link: it is busy 6 per iteration
+])
+def test_two_layers_by_hand(strategy, period):
+    assert steady_iteration(plan(**TWO), strategy) == pytest.approx(period)
+
+
+def test_one_rank_has_no_communication():
+    p = plan(**{**TWO, 'busy': 0})
+    for strategy in ('sync', 'layerwise:lazy', 'async-layerwise', 'delayed:2'):
+        assert steady_iteration(p, strategy) == pytest.approx(p.compute_s) == pytest.approx(5)
+
+
+# Layer 1 holds three chunks, layer 0 one; each busy 0.5, one in flight.
+# Forward 1 + 1; backward of layer 1 takes 1 (its chunks ready at 3), of layer 0
+# 0.75 (ready at 3.75, end of backward). Layer 1's chunks run 3..3.5, 3.5..4;
+# at 4 the choice is layer 1's last chunk or layer 0's.
+OVERTAKE = dict(forward=[1, 1], backward=[0.75, 1], update=[0, 0], counts=[100, 300], busy=0.5,
+                chunk_count=100, in_flight=1)
+
+
+def test_priority_lets_the_first_layer_overtake():
+    # priority: layer 0's chunk 4..4.5, the next forward starts at 4.5 instead of 3.75,
+    # so 0.75 exposed; fifo: layer 1's last chunk first, layer 0's 4.5..5: 1.25 exposed.
+    priority, fifo = plan(**OVERTAKE, priority=True), plan(**OVERTAKE, priority=False)
+    assert steady_iteration(priority, 'async-layerwise') == pytest.approx(4.5)
+    assert steady_iteration(fifo, 'async-layerwise') == pytest.approx(5.0)
+
+
+def test_lazy_applies_in_completion_order():
+    # With priority, layer 0's bucket (posted second, backward order) completes at 4.5,
+    # before layer 1's at 5. Updates cost 1 each. ordered: wait 5, +1, +1 = 7;
+    # lazy: layer 0 at 4.5 (+1 = 5.5), then layer 1 (done) +1 = 6.5.
+    p = plan(**{**OVERTAKE, 'update': [1, 1]}, priority=True)
+    assert iteration_ends(p, 'layerwise:ordered', 1) == pytest.approx([7])
+    assert iteration_ends(p, 'layerwise:lazy', 1) == pytest.approx([6.5])
+
+
+def test_priority_rounds_delay_posts():
+    # One chunk, busy 1, rounds of 0.25: posted 0.25 after backward ends at 2, done
+    # at 3.25; wait_all then needs one more round to agree nothing is left: 3.5.
+    # A wait for the bucket alone (ordered) does not: 3.25.
+    p = plan([1], [1], [0], [10], busy=1, round_s=0.25)
+    assert steady_iteration(p, 'sync') == pytest.approx(3.5)
+    assert steady_iteration(p, 'layerwise:ordered') == pytest.approx(3.25)
+    assert steady_iteration(plan([1], [1], [0], [10], busy=1, priority=False), 'sync') == 3
+
+
+def test_hook_overhead_charges_every_layer_hook_but_syncs():
+    # TWO with 0.1 per hook (4 an iteration). sync: unchanged, 11. ordered: layer
+    # 1's chunk is ready at 3.3 (three hooks in), so the chunks run 3.3..6.3..9.3;
+    # end 9.3 + 0.5 = 9.8: the hook after it is hidden behind communication.
+    p = plan(**TWO, hook_s=0.1)
+    assert steady_iteration(p, 'sync') == pytest.approx(11)
+    assert steady_iteration(p, 'layerwise:ordered') == pytest.approx(9.8)
+
+
+def test_delayed_hides_communication_up_to_k_iterations():
+    # One layer, compute 2; one chunk: busy 0.5 then latency 3, ready at the end of
+    # backward. sync: 2 + 3.5. delayed:K waits at the end of t for g(t-K):
+    # e(t) = max(e(t-1) + 2, e(t-1-K) + 5.5). K=1: periods alternate 2 and 3.5
+    # (mean 2.75); K=2: 3.5 <= 2 iterations of compute, fully hidden.
+    p = plan([1], [1], [0], [10], busy=0.5, latency=3)
+    assert steady_iteration(p, 'sync') == pytest.approx(5.5)
+    assert steady_iteration(p, 'delayed:1') == pytest.approx(2.75)
+    assert steady_iteration(p, 'delayed:2') == pytest.approx(2.0)
+
+
+def test_latencies_overlap_when_several_chunks_are_in_flight():
+    # Four chunks of busy 0.25 and latency 2, all ready at 2: one in flight
+    # serialises the latencies (4 x 2.25), four overlap them (1 + 2).
+    args = ([1], [1], [0], [400], 0.25)
+    one = plan(*args, latency=2, chunk_count=100, in_flight=1, priority=False)
+    four = plan(*args, latency=2, chunk_count=100, in_flight=4, priority=False)
+    assert one.comm_alone_s() == pytest.approx(9)
+    assert four.comm_alone_s() == pytest.approx(3)
+    assert steady_iteration(four, 'sync') == pytest.approx(5)
+
+
+def test_strategy_names():
+    assert parse_strategy('layerwise') == ('layerwise', 'all')
+    assert parse_strategy('delayed:3') == ('delayed', 3)
+    for bad in ('delayed', 'delayed:0', 'layerwise:random', 'sync:1', 'ps-sync'):
+        with pytest.raises(ValueError, match='is not one of'):
+            parse_strategy(bad)
+
+
+# -- the API on a profile ----------------------------------------------------------
+
+def profile_dict():
+    """A small profile: 4 layers, two with parameters (1 MB and 4 MB)."""
+    layers = [dict(name=n, forward_ms=f, backward_ms=b, param_bytes=w)
+              for n, f, b, w in [('data', 0.1, 0, 0), ('conv', 5, 10, 1 << 20),
+                                 ('relu', 0.5, 0.5, 0), ('fc', 2, 4, 4 << 20)]]
+    return {'net': 'tiny', 'batch': 16, 'layers': layers}
+
+
+def test_plan_matches_the_arena_layout():
+    p = make_plan(profile_dict(), fabric('ib-edr'), 4, chunk_bytes=1 << 20, update_rate=1e9)
+    # Arena in backward order: fc (4 chunks of 1 MB) then conv (1 chunk).
+    assert [b.layers for b in p.buckets] == [[3], [1]]
+    assert [c.priority for c in p.chunks] == [(3, 0), (3, 1), (3, 2), (3, 3), (1, 0)]
+    assert p.update_s == pytest.approx([0, (1 << 20) / 1e9, 0, (4 << 20) / 1e9])
+    assert p.compute_s == pytest.approx(22.1e-3 + (5 << 20) / 1e9)
+    faster = make_plan(profile_dict(), fabric('ib-edr'), 4, chunk_bytes=1 << 20, update_rate=1e9,
+                       compute_speedup=2)
+    assert faster.compute_s == pytest.approx(p.compute_s / 2)
+    assert faster.chunk_busy_s == p.chunk_busy_s
+
+
+def test_plan_buckets_are_the_communicators():
+    """The same slices a real net's arena gives the communicator (LeNet, fused)."""
+    from layerasync import models
+    from layerasync.data import DataOptions
+    from layerasync.net import Net, load_net_param
+    net = Net(load_net_param(models.path('lenet', 'net')), 'TRAIN',
+              data=DataOptions(synthetic=True))
+    profile = {'layers': [dict(forward_ms=1, backward_ms=1,
+                               param_bytes=sum(b.data.nbytes for b in layer.blobs))
+                          for layer in net.layers]}
+    settings = dict(fusion_bytes=64 << 10, chunk_bytes=256 << 10)
+    real, _ = make_buckets(list(net.arena.segments.items()), **settings)
+    modelled = make_plan(profile, fabric('shm'), 2, update_rate=1e9, **settings).buckets
+    assert real == modelled
+
+
+def test_simulate_trends():
+    profile = profile_dict()
+    ranks = [1, 2, 4, 16, 64, 256]
+    rows = simulate(profile, fabric('10gbe'), ranks, ['sync', 'layerwise', 'delayed:1'],
+                    update_rate=2e9)
+    by = {(r.ranks, r.strategy): r for r in rows}
+    one = by[1, 'sync']
+    assert one.comm_ms == 0 and one.exposed_ms == 0 and math.isnan(one.overlap)
+    assert one.speedup == pytest.approx(1) and one.efficiency == pytest.approx(1)
+    for strategy in ('sync', 'layerwise', 'delayed:1'):
+        mine = [by[p, strategy] for p in ranks]
+        assert all(a.speedup < b.speedup for a, b in zip(mine, mine[1:]))
+        assert all(a.efficiency >= b.efficiency - 1e-12 for a, b in zip(mine, mine[1:]))
+    for p in ranks[1:]:
+        assert by[p, 'sync'].overlap == pytest.approx(0)
+        assert by[p, 'sync'].iteration_ms >= by[p, 'layerwise'].iteration_ms >= \
+            by[p, 'delayed:1'].iteration_ms
+    faster = simulate(profile, fabric('ib-edr'), [64], ['sync'], update_rate=2e9)[0]
+    assert faster.iteration_ms < by[64, 'sync'].iteration_ms
+
+
+def test_cli_table_and_csv(tmp_path, capsys):
+    path = tmp_path / 'tiny.json'
+    path.write_text(json.dumps(profile_dict()))
+    top = argparse.ArgumentParser()
+    add_commands(top.add_subparsers(dest='command'))
+    out = tmp_path / 'sim.csv'
+    args = top.parse_args(['sim', '--profile', str(path), '--ranks', '1,2,4', '--fabric', '1gbe',
+                           '--strategy', 'sync,async-layerwise', '--update-gbps', '2',
+                           '--csv', str(out)])
+    args.run(args)
+    printed = capsys.readouterr().out
+    assert '1gbe' in printed and 'async-layerwise' in printed
+    rows = list(csv.DictReader(out.open()))
+    assert [(r['ranks'], r['strategy']) for r in rows] == [
+        (p, s) for p in ('1', '2', '4') for s in ('sync', 'async-layerwise')]
+    assert rows[0]['overlap'] == '' and float(rows[2]['comm_ms']) > 0
+
+
+def test_cli_reads_a_sweep_with_its_hook_overhead(tmp_path, capsys):
+    truth = Network(alpha=5e-6, beta=2e9)
+    sizes = [4096, 65536, 1 << 20]
+    sweep = {'ranks': 2, 'sizes': sizes, 'hook_overhead_s': 50e-6,
+             'iallreduce_s': [truth.allreduce_time(n, 2) for n in sizes]}
+    (tmp_path / 'sweep.json').write_text(json.dumps(sweep))
+    (tmp_path / 'tiny.json').write_text(json.dumps(profile_dict()))
+    top = argparse.ArgumentParser()
+    add_commands(top.add_subparsers(dest='command'))
+    args = top.parse_args(['sim', '--profile', str(tmp_path / 'tiny.json'), '--ranks', '2',
+                           '--network', str(tmp_path / 'sweep.json'), '--update-gbps', '2'])
+    args.run(args)
+    printed = capsys.readouterr().out
+    assert 'latency 5 us, bandwidth 2 GB/s' in printed and '50 us per layer hook' in printed
+
+
+def test_load_profile_says_what_is_wrong(tmp_path):
+    path = tmp_path / 'sweep.json'
+    path.write_text(json.dumps({'ranks': 2, 'sizes': [1]}))
+    with pytest.raises(ValueError, match='layerasync time'):
+        load_profile(path)
