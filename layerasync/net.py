@@ -203,6 +203,9 @@ class Net:
         self.outputs = [n for n in self.blobs if n not in consumed]
         self.inputs = [n for layer, tops in zip(self.layers, self.top_names)
                        if layer.type == 'Input' for n in tops]
+        self._bottom_shapes = [tuple(b.shape for b in bottom) for bottom in self.bottom_vecs]
+        self._loss_tops = [(i, blob, w) for i, tops in enumerate(self.top_vecs)
+                           for blob, w in zip(tops, self.loss_weights[i]) if w]
         self.loss = None
 
     # -- building ---------------------------------------------------------
@@ -330,6 +333,7 @@ class Net:
         """Propagate new input shapes through the net (as pycaffe's ``reshape``)."""
         for i, layer in enumerate(self.layers):
             layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+            self._bottom_shapes[i] = tuple(b.shape for b in self.bottom_vecs[i])
 
     def forward(self, blobs=None, start=None, end=None, before_layer=None, **inputs):
         """Run the forward pass; returns ``{output name: data}`` and sets ``self.loss``.
@@ -349,17 +353,20 @@ class Net:
             blob.data[...] = value
         first = self._index(start, 0)
         last = self._index(end, len(self.layers) - 1)
-        loss = 0.0
+        shapes = self._bottom_shapes
         for i in range(first, last + 1):
             if before_layer is not None:
                 before_layer(i)
             layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-            layer.reshape(bottom, top)
+            # Caffe reshapes before every forward; the work is only needed when
+            # a bottom's shape changed, and skipping it trims the per-layer cost.
+            now = tuple(b.shape for b in bottom)
+            if now != shapes[i]:
+                layer.reshape(bottom, top)
+                shapes[i] = now
             layer.forward(bottom, top)
-            for w, blob in zip(self.loss_weights[i], top):
-                if w:
-                    loss += w * float(blob.data.reshape(-1)[0])
-        self.loss = loss
+        self.loss = sum(w * float(blob.data.reshape(-1)[0]) for i, blob, w in self._loss_tops
+                        if first <= i <= last)
         names = self.outputs if end is None else self.top_names[last]
         out = OrderedDict((name, self.blobs[name].data) for name in names)
         for name in blobs or ():
