@@ -112,10 +112,12 @@ def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iteration
                 barrier = strategy.comm.barrier if strategy.comm else group.Barrier
                 try:
                     strategy.start()
+                    solver.net.set_progress(strategy.progress_hook())   # as the trainer does
                     measure = _time_allreduce if key == 'comm' else _time_iterations
                     measure(solver, strategy, 2, barrier)
                     timings[key] = measure(solver, strategy, n, barrier)
                 finally:
+                    solver.net.set_progress(None)
                     strategy.close()
             if r > 0:
                 slowest = np.array([timings.get(k, 0.0) for k in keys])

@@ -183,18 +183,23 @@ def _data_arguments(p):
 
 
 def _comm_arguments(p):
-    g = p.add_argument_group('communication (with mpirun -n P)')
+    from .comm import DEFAULTS as d
+    g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
     g.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
-    g.add_argument('--fusion-bytes', type=int, default=0, metavar='N',
-                   help='fuse consecutive layers into buckets of at least N bytes (0: per layer)')
-    g.add_argument('--chunk-bytes', type=int, default=0, metavar='N',
-                   help='cut buckets into chunks of at most N bytes (0: no cutting)')
-    g.add_argument('--in-flight', type=int, default=4, metavar='N',
-                   help='at most N chunk reductions in flight')
-    g.add_argument('--scheduler', choices=['fifo', 'priority'], default='priority',
-                   help='post order: as ready, or forward priority among ready chunks')
-    g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default='poll',
-                   help='who advances in-flight reductions')
+    g.add_argument('--fusion-bytes', type=int, default=d['fusion_bytes'], metavar='N',
+                   help=f"fuse consecutive layers into buckets of at least N bytes "
+                        f"(0: one per layer; default {d['fusion_bytes']})")
+    g.add_argument('--chunk-bytes', type=int, default=d['chunk_bytes'], metavar='N',
+                   help=f"cut buckets into chunks of at most N bytes (0: no cutting; "
+                        f"default {d['chunk_bytes']})")
+    g.add_argument('--in-flight', type=int, default=d['max_in_flight'], metavar='N',
+                   help=f"at most N chunk reductions in flight (default {d['max_in_flight']})")
+    g.add_argument('--scheduler', choices=['fifo', 'priority'],
+                   default='priority' if d['priority'] else 'fifo',
+                   help='post order: as ready, or forward priority negotiated among the ranks')
+    g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default=d['progress'],
+                   help='who advances in-flight reductions: calls between (and inside long) '
+                        'layers, a progress thread, or the MPI library\'s own thread')
 
 
 def parser():

@@ -393,6 +393,11 @@ class Net:
                 after_layer(i)
         return OrderedDict((name, self.blobs[name].diff) for name in self.inputs)
 
+    def set_progress(self, progress):
+        """Give every layer a callable to run between chunks of long work (or None)."""
+        for layer in self.layers:
+            layer.progress = progress
+
     def clear_param_diffs(self):
         self.arena.diff[...] = 0
 

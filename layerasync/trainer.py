@@ -77,6 +77,7 @@ class Trainer:
             raise ValueError(f'{p.where}: max_iter is required to train')
         self.start_time = time.perf_counter()
         self.strategy.start()
+        s.net.set_progress(self.strategy.progress_hook())
         bar = self._open_bar(s.iter, max_iter)
         losses = deque(maxlen=max(1, p.average_loss))
         window_start, window_iter = time.perf_counter(), s.iter
@@ -121,6 +122,7 @@ class Trainer:
             if self._due(p.test_interval):
                 self.test_all()
         finally:
+            s.net.set_progress(None)
             if bar is not None:
                 bar.close()
                 self.log.bar = None

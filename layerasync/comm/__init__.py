@@ -18,7 +18,16 @@ mpi4py is imported only here and in ``launch``: one process without MPI trains.
 """
 import os
 
-__all__ = ['init_mpi', 'under_mpi_launcher']
+__all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS']
+
+# Chosen by measurement (docs/results.md, "Choosing the communicator's
+# defaults"): lenet, resnet20 and alexnet-mini on 2 ranks, shared memory and an
+# emulated 1 Gbit link. Fusing layers below 64 kB saves per-message latency;
+# 1 MB chunks keep several in flight without splitting work too finely; the
+# negotiated priority order cost more in rounds than it gained on these nets;
+# a progress thread (ours or MPICH's) competes for cores that compute needs.
+DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=4, priority=False,
+                progress='poll')
 
 # Set by the process managers of MPICH/Hydra, Open MPI, Intel MPI and Slurm.
 _LAUNCHER_VARIABLES = ('PMI_SIZE', 'PMI_RANK', 'OMPI_COMM_WORLD_SIZE', 'PMIX_RANK',

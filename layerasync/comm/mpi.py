@@ -27,6 +27,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from . import DEFAULTS
 from .buckets import make_buckets
 from .scheduler import Scheduler
 
@@ -42,8 +43,10 @@ class Communicator:
     posts the same buckets in the same order and calls ``close()``.
     """
 
-    def __init__(self, comm, buffers, segments, fusion_bytes=0, chunk_bytes=0, max_in_flight=4,
-                 priority=True, progress='poll', poll_interval=50e-6, trace=None, warn=print):
+    def __init__(self, comm, buffers, segments, fusion_bytes=DEFAULTS['fusion_bytes'],
+                 chunk_bytes=DEFAULTS['chunk_bytes'], max_in_flight=DEFAULTS['max_in_flight'],
+                 priority=DEFAULTS['priority'], progress=DEFAULTS['progress'],
+                 poll_interval=50e-6, trace=None, warn=print):
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
         self.rank, self.size = comm.Get_rank(), comm.Get_size()

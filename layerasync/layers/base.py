@@ -64,6 +64,10 @@ class Layer:
         self.blobs = []
         self.param_propagate_down = []
         self.data_options = None  # set by the Net: rank shard and data settings
+        # Set by the Net (``set_progress``): long layers call it between chunks
+        # of their work, so that in-flight communication is not starved when
+        # MPI only progresses inside MPI calls. None: nothing to call.
+        self.progress = None
 
     # -- the contract -------------------------------------------------------
     def setup(self, bottom, top):

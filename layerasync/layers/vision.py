@@ -126,7 +126,12 @@ class Convolution(Layer):
     # for the kernels and (group, K/group, m*P) for the GEMMs; the rows buffer
     # holds the top (or its diff) as (num_output, m*P), i.e. (group, M/group, m*P).
     def _chunks(self, n):
-        return [(n0, min(n, n0 + self.chunk)) for n0 in range(0, n, self.chunk)]
+        """(start, stop) image ranges; between two chunks the net's progress
+        hook runs, so reductions in flight move on during a long layer."""
+        for n0 in range(0, n, self.chunk):
+            if n0 and self.progress is not None:
+                self.progress()
+            yield n0, min(n, n0 + self.chunk)
 
     def _col(self, m):
         return self.cols[:self.K * m * self.P]

@@ -66,6 +66,11 @@ class Strategy:
         """What must agree across ranks (checked at start-up)."""
         return {'strategy': self.name}
 
+    def progress_hook(self):
+        """A callable for long layers to run between chunks of work (see
+        ``Net.set_progress``), or None when nothing needs driving."""
+        return None
+
     def metrics(self):
         """What the strategy observes about itself, logged and written with the
         training metrics at every display (ps-async: its staleness)."""
@@ -132,6 +137,13 @@ class AllreduceStrategy(Strategy):
     def current_buffer(self):
         """Index of the gradient buffer backward is writing now."""
         return 0
+
+    def progress_hook(self):
+        # The poll and mpi engines only move a reduction inside MPI calls; a
+        # progress thread needs no help.
+        if self.comm is not None and self.comm.thread is None:
+            return self.comm.progress
+        return None
 
     def post_all(self):
         """Post every bucket (in backward order), as a plain allreduce of everything."""
