@@ -101,6 +101,9 @@ class Communicator:
 
     def wait(self, bucket, generation=None):
         """Block until ``bucket``'s reduction (default: its latest generation) is done here."""
+        if not 0 <= bucket < len(self.buckets):
+            raise ValueError(f'rank {self.rank}: no bucket {bucket}; this communicator has '
+                             f'buckets 0..{len(self.buckets) - 1}')
         if generation is None:
             generation = int(self.generation[bucket]) - 1
         if generation < 0:

@@ -118,10 +118,12 @@ def test_timing_skew_between_ranks_keeps_the_order(comm, priority):
 
 def test_waiting_for_a_bucket_never_posted_is_an_error(comm):
     segs, total = segments()
-    c = Communicator(comm, [np.zeros(total, np.float32)], segs)
+    c = Communicator(comm, [np.zeros(total, np.float32)], segs, fusion_bytes=0)
     try:
         with pytest.raises(RuntimeError, match='bucket 2, which was never posted'):
             c.wait(2)
+        with pytest.raises(ValueError, match='no bucket 6; this communicator has buckets 0..5'):
+            c.wait(6)
     finally:
         c.close()
 
