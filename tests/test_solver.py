@@ -238,3 +238,26 @@ def test_net_path_is_found_beside_the_solver(tmp_path, monkeypatch):
     (tmp_path / 'solver.prototxt').write_text('net: "tiny.prototxt"\nbase_lr: 0.1\n')
     monkeypatch.chdir('/')
     assert get_solver(str(tmp_path / 'solver.prototxt')).net.name == 'tiny'
+
+
+def test_iter_size_accumulates_as_one_batch_twice_as_large():
+    """iter_size 2 at batch B reads the samples batch 2B reads, and averages them."""
+    from layerasync import models
+    from layerasync.data import DataOptions
+    from layerasync.net import load_net_param, set_batch_size
+
+    def solver(batch, iter_size):
+        param = proto.parse(f'base_lr: 0.05 momentum: 0.9 iter_size: {iter_size}',
+                            schema.SolverParameter)
+        param.net_param = set_batch_size(load_net_param(models.path('digits')), batch)
+        return get_solver(param, data=DataOptions(prefetch=False))
+
+    accumulated, whole = solver(16, 2), solver(32, 1)
+    try:
+        accumulated.step(5)
+        whole.step(5)
+        np.testing.assert_allclose(accumulated.net.arena.data, whole.net.arena.data,
+                                   rtol=1e-4, atol=1e-6)
+    finally:
+        accumulated.close()
+        whole.close()

@@ -120,12 +120,12 @@ def test_every_communication_setting_keeps_the_equality(settings):
 
 def test_resnet20_strategies_agree(comm):
     """BatchNorm uses each rank's batch statistics, so only the strategies agree."""
-    runs = {s: train('resnet20', s, comm, 2, iters=6, chunk_bytes=32768)
+    runs = {s: train('resnet20', s, comm, 2, chunk_bytes=32768)
             for s in ['sync', 'layerwise:ordered', 'async-layerwise']}
     for s, w in runs.items():
         np.testing.assert_array_equal(w, runs['sync'], s)
     if comm.size == 1:
-        np.testing.assert_array_equal(runs['sync'], train('resnet20', 'sync', None, 2, iters=6))
+        np.testing.assert_array_equal(runs['sync'], train('resnet20', 'sync', None, 2))
 
 
 def stale_sgd(model, batch, delay, iters, momentum):
