@@ -1,20 +1,19 @@
 """MPI tests: run by ``mpiexec -n P python -m pytest tests/mpi`` and, at size 1, in
-the ordinary serial run. A test that fails on any rank aborts the whole job at
-once, with its report printed first: the other ranks could otherwise wait
-forever in a collective the failed rank never reaches."""
-import sys
-
+the ordinary serial run (see ``mpi_support`` for failures and reports)."""
 import pytest
+
+from mpi_support import abort_on_failure, quiet_other_ranks
 
 MPI = pytest.importorskip('mpi4py.MPI')
 
 
+@pytest.hookimpl(trylast=True)   # after the terminal reporter exists
+def pytest_configure(config):
+    quiet_other_ranks(config, MPI)
+
+
 def pytest_runtest_logreport(report):
-    if report.failed and MPI.COMM_WORLD.Get_size() > 1:
-        sys.stderr.write(f'\n[rank {MPI.COMM_WORLD.Get_rank()}] {report.nodeid} failed:\n'
-                         f'{report.longreprtext}\n')
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+    abort_on_failure(report, MPI)
 
 
 @pytest.fixture(params=['self', 'world'])
