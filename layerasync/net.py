@@ -11,7 +11,6 @@ gradients), ordered by backward readiness: the last layer's parameters first.
 ``backward(after_layer=g)`` calls ``g(i)`` as soon as layer ``i``'s gradients
 are complete: the seams where communication strategies plug in.
 """
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -27,13 +26,8 @@ TRAIN, TEST = 'TRAIN', 'TEST'
 
 
 def load_net_param(source):
-    """A NetParameter from a path, a prototxt string (with a newline or '{') or a Message."""
-    if isinstance(source, Message):
-        return source
-    source = os.fspath(source)
-    if not os.path.exists(source) and any(c in source for c in '\n{:'):
-        return proto.parse(source, schema.NetParameter)
-    return proto.parse_file(source, schema.NetParameter)
+    """A NetParameter from a path, prototxt text or a Message (see ``proto.load``)."""
+    return proto.load(source, schema.NetParameter)
 
 
 def set_batch_size(param, batch):

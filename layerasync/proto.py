@@ -15,7 +15,7 @@ Supported syntax: nested messages written ``name { }`` or ``name: { }``
 import os
 import re
 
-__all__ = ['ProtoError', 'Message', 'Field', 'Schema', 'parse', 'parse_file']
+__all__ = ['ProtoError', 'Message', 'Field', 'Schema', 'parse', 'parse_file', 'load']
 
 
 class ProtoError(ValueError):
@@ -350,3 +350,14 @@ def parse_file(path, schema):
     except UnicodeDecodeError as e:
         raise ProtoError(f'{path}: not a text file ({e.reason} at byte {e.start})') from None
     return parse(text, schema, path)
+
+
+def load(source, schema):
+    """A ``schema`` message from a Message (returned as is), a path, or prototxt
+    text (a string that names no file and holds a newline, '{' or ':')."""
+    if isinstance(source, Message):
+        return source
+    source = os.fspath(source)
+    if not os.path.exists(source) and any(c in source for c in '\n{:'):
+        return parse(source, schema)
+    return parse_file(source, schema)

@@ -34,12 +34,8 @@ class SolverError(ValueError):
 
 
 def load_solver_param(source):
-    if isinstance(source, proto.Message):
-        return source
-    source = os.fspath(source)
-    if not os.path.exists(source) and any(c in source for c in '\n{:'):
-        return proto.parse(source, schema.SolverParameter)
-    return proto.parse_file(source, schema.SolverParameter)
+    """A SolverParameter from a path, prototxt text or a Message (see ``proto.load``)."""
+    return proto.load(source, schema.SolverParameter)
 
 
 def _resolve(path, solver_file):

@@ -29,6 +29,7 @@ from mpi4py import MPI
 
 from . import DEFAULTS
 from .buckets import make_buckets
+from .control import Control
 from .scheduler import Scheduler
 
 __all__ = ['Communicator']
@@ -36,11 +37,13 @@ __all__ = ['Communicator']
 ENGINES = ('poll', 'thread', 'mpi')
 
 
-class Communicator:
+class Communicator(Control):
     """Reduces buckets of gradient buffers across the ranks of ``comm``.
 
     Collective: every rank constructs it with the same buckets and settings,
-    posts the same buckets in the same order and calls ``close()``.
+    posts the same buckets in the same order and calls ``close()``. The
+    control-path calls (``Control``) run on a communicator of their own; call
+    them only after ``wait_all()``.
     """
 
     def __init__(self, comm, buffers, segments, fusion_bytes=DEFAULTS['fusion_bytes'],
@@ -49,7 +52,7 @@ class Communicator:
                  poll_interval=50e-6, trace=None, warn=print):
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        super().__init__(comm.Dup())
         self.buffers = list(buffers)
         itemsize = self.buffers[0].itemsize if self.buffers else 4
         self.buckets, self.chunks = make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
@@ -57,7 +60,7 @@ class Communicator:
         self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
         self.settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
                              max_in_flight=max_in_flight, priority=priority, progress=progress)
-        self.data_comm, self.round_comm, self.control = comm.Dup(), comm.Dup(), comm.Dup()
+        self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
         self.trace = trace
         self.requests, self.keys, self.posted_at = [], [], {}
         self.round_req = self.round_send = self.round_recv = None
@@ -128,27 +131,6 @@ class Communicator:
 
     def _latest_done(self, b):
         return self.scheduler.is_done(self.buckets[b].chunks, int(self.generation[b]) - 1)
-
-    # -- control path (blocking; call only after wait_all) ---------------------------
-    def bcast(self, array, root=0):
-        self.control.Bcast(array, root=root)
-
-    def allreduce_sum(self, array):
-        """Blocking in-place sum (small control data)."""
-        self.control.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
-        return array
-
-    def allreduce_mean(self, value):
-        buf = np.array(value, np.float64, copy=True, ndmin=1)
-        self.control.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        buf /= self.size
-        return buf if np.ndim(value) else float(buf[0])
-
-    def barrier(self):
-        self.control.Barrier()
-
-    def allgather_text(self, text):
-        return self.control.allgather(text)
 
     def close(self):
         """Collective: drain, stop the progress thread, free the communicators."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ['Roles', 'Control', 'Piece', 'shard', 'Idle', 'wait_all', 'progress',
+__all__ = ['Roles', 'Piece', 'shard', 'Idle', 'wait_all', 'progress',
            'STOP', 'PULL', 'GATHER', 'TRACE', 'REQUEST', 'REPLY']
 
 # Requests to a server (the first int64 of a control message).
@@ -65,31 +65,6 @@ class Roles:
     def free(self):
         for c in (self.group, self.grads, self.weights, self.clocks, self.control):
             c.Free()
-
-
-class Control:
-    """Blocking control-path collectives over the workers (``Roles.group``): what
-    the trainer and the trace call on ``strategy.comm``. Collective: every
-    worker makes each call, in the same order."""
-
-    def __init__(self, comm):
-        self.comm = comm
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-
-    def bcast(self, array, root=0):
-        self.comm.Bcast(array, root=root)
-
-    def allreduce_mean(self, value):
-        buf = np.array(value, np.float64, copy=True, ndmin=1)
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        buf /= self.size
-        return buf if np.ndim(value) else float(buf[0])
-
-    def barrier(self):
-        self.comm.Barrier()
-
-    def allgather_text(self, text):
-        return self.comm.allgather(text)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,13 @@ import numpy as np
 __all__ = ['Strategy', 'AllreduceStrategy']
 
 
+def describe_run(net, settings):
+    """What every rank must agree on, as lines: parameter names and shapes, settings."""
+    lines = [f'parameter {name}[{k}] of shape {tuple(b.shape)}'
+             for name, blobs in net.params.items() for k, b in enumerate(blobs)]
+    return lines + [f'setting {key} = {value!r}' for key, value in sorted(settings.items())]
+
+
 class Strategy:
     name = None
     takes_argument = False
@@ -160,17 +167,7 @@ class AllreduceStrategy(Strategy):
         if self.comm is None:
             return
         net = self.net
-        mine = [f'parameter {name}[{k}] of shape {tuple(b.shape)}'
-                for name, blobs in net.params.items() for k, b in enumerate(blobs)]
-        mine += [f'setting {key} = {value!r}' for key, value in sorted(self.settings().items())]
-        everyone = self.comm.allgather_text(mine)
-        for rank, theirs in enumerate(everyone):
-            if theirs != everyone[0]:
-                first = next((a, b) for a, b in zip(everyone[0] + ['(nothing)'],
-                                                    theirs + ['(nothing)']) if a != b)
-                raise ValueError(f'rank {rank} differs from rank 0: rank 0 has {first[0]}, '
-                                 f'rank {rank} has {first[1]}. Every rank must run the same '
-                                 'net, solver and strategy settings.')
+        self.comm.check_same(describe_run(net, self.settings()))
         self.comm.bcast(net.arena.data, root=0)
 
     def settings(self):

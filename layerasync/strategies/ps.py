@@ -32,6 +32,7 @@ from collections import Counter
 
 import numpy as np
 
+from ..comm.control import Control
 from .base import Strategy
 from .ps_job import Layout, check_solver, job_settings, staleness_bound, start_job
 
@@ -63,7 +64,7 @@ class ParameterServerStrategy(Strategy):
             raise ValueError(f'{self.roles.describe(self.rank)} is a server of this job: run it '
                              'with layerasync.strategies.ps_server.serve, not as a worker')
         self.rank, self.size = self.roles.index, self.roles.workers
-        self.comm = ps.Control(self.roles.group)
+        self.comm = Control(self.roles.group)
         self.layout = Layout(self.net, servers)
         n = len(self.layout.pieces)
         self.clock_in = np.zeros(n, np.int64)   # receive buffers of the clock messages

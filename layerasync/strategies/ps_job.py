@@ -4,6 +4,9 @@ solver rules a server can apply.
 """
 import numpy as np
 
+from ..comm.control import Control
+from .base import describe_run
+
 __all__ = ['Layout', 'check_solver', 'staleness_bound', 'job_settings', 'start_job',
            'DEFAULT_STALENESS']
 
@@ -83,17 +86,7 @@ def start_job(roles, solver, settings):
     """Collective over the whole job: check that every rank built the same net and
     settings, then give every rank world rank 0's weights, history and iteration."""
     net = solver.net
-    mine = [f'parameter {name}[{k}] of shape {tuple(b.shape)}'
-            for name, blobs in net.params.items() for k, b in enumerate(blobs)]
-    mine += [f'setting {key} = {value!r}' for key, value in sorted(settings.items())]
-    everyone = roles.control.allgather(mine)
-    for rank, theirs in enumerate(everyone):
-        if theirs != everyone[0]:
-            first = next((a, b) for a, b in zip(everyone[0] + ['(nothing)'],
-                                                theirs + ['(nothing)']) if a != b)
-            raise ValueError(f'{roles.describe(rank)} differs from rank 0: rank 0 has {first[0]}, '
-                             f'rank {rank} has {first[1]}. Every rank must run the same net, '
-                             'solver and strategy settings.')
+    Control(roles.control).check_same(describe_run(net, settings), roles.describe)
     iteration = np.array([solver.iter], np.int64)
     for array in [iteration, net.arena.data, *solver.history]:
         roles.control.Bcast(array, root=0)

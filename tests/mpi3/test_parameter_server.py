@@ -247,7 +247,7 @@ def test_trace_holds_the_servers_spans():
     path = os.path.join(shared_dir(), 'trace.json')
     mine = run('ps-async', lenet_param(), staleness=1, trace=trace, iters=4)
     if mine is not None:
-        from layerasync.comm.ps import Control
+        from layerasync.comm.control import Control
         trace.write(path, Control(workers()))   # the strategy's own Control is closed by now
     WORLD.Barrier()
     spans = load_spans(path)
