@@ -11,6 +11,10 @@ The Python API has pycaffe's shape::
     solver = layerasync.get_solver(layerasync.models.path('digits', 'solver'))
     solver.step(100)
 """
+from ._threads import share_cores
+
+share_cores()   # before NumPy loads BLAS: ranks sharing a node share its cores
+
 from . import data, models  # noqa: F401
 from .blob import Blob  # noqa: F401
 from .layers import LayerError, NetError  # noqa: F401

@@ -269,19 +269,29 @@ def main(argv=None):
 
 def _fail(args, error):
     """Show the error (with the rank) and, under MPI, end every rank of the job:
-    the others could otherwise wait forever in a collective this rank never reaches."""
+    the others could otherwise wait forever in a collective this rank never reaches.
+
+    An error all ranks raised together (a failed start-up agreement check) is shown
+    once, by rank 0, and every rank exits normally with status 1.
+    """
+    from .comm.control import AgreedError
     mpi = sys.modules.get('mpi4py.MPI')
     running = mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
-    world = mpi.COMM_WORLD if running else None
-    where = f'rank {world.Get_rank()}: ' if world is not None and world.Get_size() > 1 else ''
+    world = mpi.COMM_WORLD if running and mpi.COMM_WORLD.Get_size() > 1 else None
+    agreed = world is not None and isinstance(error, AgreedError)
+    if agreed and world.Get_rank() != 0:
+        return
+    where = f'rank {world.Get_rank()}: ' if world is not None else ''
     people = isinstance(error, (ValueError, OSError, RuntimeError))
     if os.environ.get('LAYERASYNC_DEBUG') or not people:
         import traceback
         traceback.print_exc()
     print(f'layerasync {args.command}: {where}error: {error}', file=sys.stderr, flush=True)
-    if world is not None and world.Get_size() > 1:
+    if world is not None and not agreed:
+        # The launcher forwards our stderr asynchronously; aborting at once can kill
+        # the job before it has read the message we just wrote.
+        time.sleep(0.5)
         world.Abort(1)
-
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -127,3 +127,19 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path):
     assert out.returncode != 0
     assert 'rank 1: error:' in out.stderr and 'nowhere' in out.stderr
     assert elapsed < 60
+
+
+@pytest.mark.skipif(shutil.which('mpiexec', path=BIN) is None, reason='mpiexec not installed')
+def test_ranks_with_different_solver_settings_stop_at_start(tmp_path):
+    """Rank 1 was given another momentum: both ranks stop before the first iteration,
+    the difference shown once, and every rank exits normally with status 1."""
+    mpiexec = shutil.which('mpiexec', path=BIN)
+    common = ['train', '--solver', 'lenet', '--set', 'max_iter=5', '--no-progress', '--synthetic',
+              '--strategy', 'layerwise']
+    command = [mpiexec, '-n', '1', *LAYERASYNC, *common, ':',
+               '-n', '1', *LAYERASYNC, *common, '--set', 'momentum=0.5']
+    out = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=90)
+    assert out.returncode != 0
+    assert out.stderr.count('rank 1 differs from rank 0: rank 0 has setting momentum = 0.9, '
+                            'rank 1 has setting momentum = 0.5') == 1, out.stderr
+    assert 'Iteration 0' not in out.stdout

@@ -6,7 +6,12 @@ order, with nothing of the data path in flight on the same communicator.
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ['Control']
+__all__ = ['Control', 'AgreedError']
+
+
+class AgreedError(ValueError):
+    """An error every rank of the communicator raised together, at the same point:
+    the job can end with every rank exiting normally instead of one aborting the rest."""
 
 
 class Control:
@@ -44,6 +49,6 @@ class Control:
             if theirs != everyone[0]:
                 first = next((a, b) for a, b in zip(everyone[0] + ['(nothing)'],
                                                     theirs + ['(nothing)']) if a != b)
-                raise ValueError(f'{describe(rank)} differs from rank 0: rank 0 has {first[0]}, '
+                raise AgreedError(f'{describe(rank)} differs from rank 0: rank 0 has {first[0]}, '
                                  f'rank {rank} has {first[1]}. Every rank must run the same '
                                  'net, solver and strategy settings.')

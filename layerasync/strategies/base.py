@@ -24,6 +24,17 @@ import numpy as np
 __all__ = ['Strategy', 'AllreduceStrategy']
 
 
+# The solver fields an update reads (the rule and the learning-rate policy).
+RULE_FIELDS = ('base_lr', 'lr_policy', 'gamma', 'power', 'stepsize', 'stepvalue', 'max_iter',
+               'momentum', 'momentum2', 'delta', 'weight_decay', 'regularization_type',
+               'clip_gradients', 'iter_size')
+
+
+def update_rule(solver):
+    """The solver settings every rank must share for their updates to agree."""
+    return {'solver': solver.type, **{field: getattr(solver.param, field) for field in RULE_FIELDS}}
+
+
 def describe_run(net, settings):
     """What every rank must agree on, as lines: parameter names and shapes, settings."""
     lines = [f'parameter {name}[{k}] of shape {tuple(b.shape)}'
@@ -171,9 +182,8 @@ class AllreduceStrategy(Strategy):
         self.comm.bcast(net.arena.data, root=0)
 
     def settings(self):
-        s = self.solver
         return {'strategy': self.name, 'argument': getattr(self, 'argument', None),
-                'solver': s.type, 'base_lr': s.param.base_lr, 'iter_size': s.param.iter_size,
+                **update_rule(self.solver),
                 'batch': [tuple(net_blob.shape) for net_blob in self.net.blobs.values()][:1],
                 'ranks': self.size, **self.comm_settings}
 

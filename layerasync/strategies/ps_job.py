@@ -5,7 +5,7 @@ solver rules a server can apply.
 import numpy as np
 
 from ..comm.control import Control
-from .base import describe_run
+from .base import describe_run, update_rule
 
 __all__ = ['Layout', 'check_solver', 'staleness_bound', 'job_settings', 'start_job',
            'DEFAULT_STALENESS']
@@ -68,17 +68,10 @@ class Layout:
             self.by_server[p.server].append(p)
 
 
-# The solver fields a server's update reads (the rule and the learning-rate policy).
-RULE_FIELDS = ('base_lr', 'lr_policy', 'gamma', 'power', 'stepsize', 'stepvalue', 'max_iter',
-               'momentum', 'momentum2', 'delta', 'weight_decay', 'regularization_type',
-               'iter_size')
-
-
 def job_settings(solver, name, staleness, servers, workers):
     """What every rank of the job, servers included, must agree on."""
-    rule = {field: getattr(solver.param, field) for field in RULE_FIELDS}
     return {'strategy': name, 'staleness': staleness, 'servers': servers, 'workers': workers,
-            'solver': solver.type, **rule,
+            **update_rule(solver),
             'batch': [tuple(b.shape) for b in solver.net.blobs.values()][:1]}
 
 

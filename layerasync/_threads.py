@@ -1,0 +1,43 @@
+"""Share a node's cores among the MPI ranks started on it.
+
+Imported by the package before NumPy, because BLAS reads its thread count once,
+when it loads. Several ranks on one node that each start a thread per core
+oversubscribe the node, and spinning BLAS threads then slow everything by an
+order of magnitude (two ranks of LeNet on 2 cores: 25x). When the launcher did
+not say how many threads to use, each rank gets its share of the cores.
+"""
+import os
+
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
+                    'NUMBA_NUM_THREADS')
+# How launchers tell a rank how many ranks share its node (MPICH/Hydra, Open MPI, Slurm).
+LOCAL_SIZE_VARIABLES = ('MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_LOCAL_SIZE', 'SLURM_NTASKS_PER_NODE')
+
+
+def ranks_on_this_node(environ):
+    for name in LOCAL_SIZE_VARIABLES:
+        value = environ.get(name, '')
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def threads_per_rank(environ, usable, cores):
+    """The thread count for this rank, or None to leave the defaults alone.
+    ``usable``: the cores this process may run on; ``cores``: the node's."""
+    if any(name in environ for name in THREAD_VARIABLES):
+        return None                     # the user or the launcher chose
+    local = ranks_on_this_node(environ)
+    if local == 1:
+        return None
+    if usable < cores:
+        return usable                   # the launcher bound this rank to its cores
+    return max(1, cores // local)
+
+
+def share_cores(environ=os.environ):
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    threads = threads_per_rank(environ, usable, os.cpu_count() or 1)
+    if threads is not None:
+        for name in THREAD_VARIABLES:
+            environ[name] = str(threads)
