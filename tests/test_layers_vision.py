@@ -90,6 +90,22 @@ def test_convolution_chunks_of_images_match_one_chunk(monkeypatch):
     check_gradient(text, [x], max_checks=20)
 
 
+@pytest.mark.parametrize('extra, group', [('group: 2', 2), ('bias_term: false', 1)])
+def test_convolution_one_image_per_chunk_writes_the_top_directly(monkeypatch, extra, group):
+    import layerasync.layers.vision as vision
+    x = normal(3, 4, 5, 5)
+    text = conv('kernel_size: 3 pad: 1', extra=extra)
+    monkeypatch.setattr(vision, 'COL_BUDGET', 1)
+    monkeypatch.setattr(vision, 'MIN_COLUMNS', 1)
+    layer, _, top = run_layer(text, [x])
+    assert layer.chunk == 1
+    w = layer.blobs[0].data
+    b = layer.blobs[1].data if len(layer.blobs) > 1 else None
+    np.testing.assert_allclose(top[0].data, conv_reference(x, w, b, (1, 1), (1, 1), (1, 1), group),
+                               rtol=1e-12, atol=1e-12)
+    check_gradient(text, [x], max_checks=20)
+
+
 def test_convolution_several_bottoms_share_weights():
     x0, x1 = normal(2, 2, 4, 4), normal(2, 2, 4, 4)
     text = conv('kernel_size: 3 pad: 1')

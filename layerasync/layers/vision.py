@@ -152,15 +152,22 @@ class Convolution(Layer):
 
     def forward(self, bottom, top):
         w, M, P = self._weights('data'), self.param.num_output, self.P
+        bias = self.blobs[1].data[:, None] if self.param.bias_term else None
         for b, t in zip(bottom, top):
             for n0, n1 in self._chunks(b.shape[0]):
                 m = n1 - n0
-                rows = self._rows(m)
-                np.matmul(w, self._im2col(b.data[n0:n1]), out=rows.reshape(self.group, -1, m * P))
-                by_image = rows.reshape(M, m, P).transpose(1, 0, 2)
+                col = self._im2col(b.data[n0:n1])
                 out = t.data[n0:n1].reshape(m, M, P)
-                if self.param.bias_term:
-                    np.add(by_image, self.blobs[1].data[:, None], out=out)
+                if m == 1:   # (M, 1*P) is the top's own layout: no reordering copy
+                    np.matmul(w, col, out=out.reshape(self.group, -1, P))
+                    if bias is not None:
+                        out += bias
+                    continue
+                rows = self._rows(m)
+                np.matmul(w, col, out=rows.reshape(self.group, -1, m * P))
+                by_image = rows.reshape(M, m, P).transpose(1, 0, 2)
+                if bias is not None:
+                    np.add(by_image, bias, out=out)
                 else:
                     np.copyto(out, by_image)
 
@@ -173,9 +180,12 @@ class Convolution(Layer):
                 continue
             for n0, n1 in self._chunks(b.shape[0]):
                 m = n1 - n0
-                dy = self._rows(m).reshape(M, m, P)
-                np.copyto(dy, t.diff[n0:n1].reshape(m, M, P).transpose(1, 0, 2))
-                dy = dy.reshape(self.group, -1, m * P)
+                if m == 1:   # the top's diff is already (M, 1*P)
+                    dy = t.diff[n0].reshape(self.group, -1, P)
+                else:
+                    dy = self._rows(m).reshape(M, m, P)
+                    np.copyto(dy, t.diff[n0:n1].reshape(m, M, P).transpose(1, 0, 2))
+                    dy = dy.reshape(self.group, -1, m * P)
                 if want_bias:
                     self.blobs[1].diff += dy.reshape(M, -1).sum(axis=1)
                 if want_weights:
