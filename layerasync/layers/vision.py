@@ -1,4 +1,6 @@
 """Convolution, Pooling and LRN over (N, C, H, W) blobs, with Caffe's semantics."""
+import os
+
 import numpy as np
 
 from ..kernels import lrn as lrn_kernels
@@ -11,9 +13,18 @@ from .base import Layer, canonical_axis, register
 # between im2col and the GEMM that reads it, yet give the GEMM enough columns:
 # OpenBLAS was up to 3x slower on some shapes at 256 columns than at 512.
 # Measured on lenet/cifar/alexnet/googlenet/resnet shapes, larger budgets
-# were up to 25% slower, smaller ones no faster.
-COL_BUDGET = 1 << 16  # values in a chunk's col buffer
-MIN_COLUMNS = 512     # output pixels per chunk, whatever the budget says
+# were up to 25% slower on one thread, smaller ones no faster. With several
+# BLAS threads, small products do not pay for waking the threads: 16 times the
+# budget made ResNet-20 15% faster on 2 threads (docs/performance.md).
+def _blas_threads():
+    for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
+    return os.cpu_count() or 1
+
+
+COL_BUDGET = 1 << 16 if _blas_threads() == 1 else 1 << 20   # values in a chunk's col buffer
+MIN_COLUMNS = 512 if _blas_threads() == 1 else 4096         # output pixels per chunk, at least
 
 
 def _hw(layer, field, pair, default, pair_required=True):
@@ -192,7 +203,7 @@ class Convolution(Layer):
                     # grad.T = col @ dy.T into a weight-sized workspace, then
                     # added: for small num_output NumPy's BLAS runs this
                     # long-inner-dimension product up to 2.4x faster than
-                    # dy @ col.T, with or without scipy's gemm(beta=1).
+                    # dy @ col.T, with or without an accumulating GEMM.
                     grad_t = self.weight_grad_t
                     np.matmul(self._im2col(b.data[n0:n1]), dy.transpose(0, 2, 1), out=grad_t)
                     self._weights('diff')[...] += grad_t.transpose(0, 2, 1)
