@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 # Numba caches compiled kernels next to the sources; keep one thread per rank by default.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test venv clean experiments exp-stability exp-convergence exp-bench exp-timeline
+.PHONY: demo test venv clean experiments exp-stability exp-convergence exp-bench exp-timeline \
+	bench-pytorch
 
 venv: $(STAMP)
 
@@ -62,6 +63,16 @@ exp-timeline: $(STAMP)
 	    --set display=0 --no-progress --quiet --trace $(OUT)/timeline/$$s.json || exit 1; \
 	  $(LAYERASYNC) plot timeline $(OUT)/timeline/$$s.json || exit 1; \
 	done
+
+# Our compute against PyTorch's on the CPU (docs/performance.md). PyTorch is a
+# benchmark dependency only: this target installs it into the virtualenv.
+TORCH_VERSION ?= 2.13.0
+BENCH_PYTORCH_FLAGS ?=
+bench-pytorch: $(STAMP)
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	mkdir -p $(OUT)
+	$(PY) benchmarks/vs_pytorch.py --json $(OUT)/vs_pytorch.json $(BENCH_PYTORCH_FLAGS) \
+	  | tee $(OUT)/vs_pytorch.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
