@@ -293,5 +293,6 @@ def _fail(args, error):
         time.sleep(0.5)
         world.Abort(1)
 
+
 if __name__ == '__main__':
     sys.exit(main())

@@ -50,5 +50,5 @@ class Control:
                 first = next((a, b) for a, b in zip(everyone[0] + ['(nothing)'],
                                                     theirs + ['(nothing)']) if a != b)
                 raise AgreedError(f'{describe(rank)} differs from rank 0: rank 0 has {first[0]}, '
-                                 f'rank {rank} has {first[1]}. Every rank must run the same '
-                                 'net, solver and strategy settings.')
+                                  f'rank {rank} has {first[1]}. Every rank must run the same '
+                                  'net, solver and strategy settings.')
