@@ -27,7 +27,9 @@ def emulated_command(program, np=None, ppn=None, threads=None, export=(), state_
 
     Ranks are not bound to cores: each host's Hydra proxy would bind its ranks
     counting from core 0, so ranks on different emulated hosts would share
-    cores. ``threads`` sets the thread pools' sizes only.
+    cores. ``threads`` sets the thread pools' sizes only; without it (and
+    without thread variables in the environment) every rank gets its share of
+    the machine's cores, which all the emulated hosts share.
     """
     environ = os.environ if environ is None else environ
     state = load(state_file)
@@ -47,6 +49,8 @@ def emulated_command(program, np=None, ppn=None, threads=None, export=(), state_
                          f"-launcher-exec); found {path or 'no mpiexec'}: install the mpich "
                          'package into this Python, or give --mpirun PATH to an MPICH mpiexec')
     env = dict(EMULATION_ENV)
+    if not threads and not any(name in environ for name in mpis.THREAD_VARIABLES):
+        threads = max(1, (os.cpu_count() or 1) // np)
     if threads:
         env.update(mpis.thread_settings(threads))
     env.update(parse_exports(export, environ))
