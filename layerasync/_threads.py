@@ -8,6 +8,9 @@ not say how many threads to use, each rank gets its share of the cores.
 """
 import os
 
+# Every thread pool a rank may start: OpenMP (and BLAS built on it), OpenBLAS's
+# own, MKL's, and Numba's parallel kernels. Unset, each sizes itself to all the
+# cores of the node, and ranks-per-node x cores threads fight over the cores.
 THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
                     'NUMBA_NUM_THREADS')
 # How launchers tell a rank how many ranks share its node (MPICH/Hydra, Open MPI, Slurm).
@@ -33,6 +36,14 @@ def threads_per_rank(environ, usable, cores):
     if usable < cores:
         return usable                   # the launcher bound this rank to its cores
     return max(1, cores // local)
+
+
+def blas_threads(environ=os.environ):
+    """How many threads BLAS runs with: the first thread variable set, else every core."""
+    for name in THREAD_VARIABLES:
+        if environ.get(name, '').isdigit():
+            return int(environ[name])
+    return os.cpu_count() or 1
 
 
 def share_cores(environ=os.environ):

@@ -20,6 +20,7 @@ import sys
 import time
 
 from . import bench, models, plot, proto, schema
+from ._threads import blas_threads
 from .launch import cli as launch_cli
 from .sim import cli as sim_cli
 
@@ -171,7 +172,7 @@ def cmd_demo(args):
     results, wall = cmd_train(train)
     accuracy = results.get('test/accuracy')
     print(f'\nEmbedded digits: test accuracy {accuracy:.4f} after training for {wall:.1f} s '
-          f'(1 process, {os.environ.get("OMP_NUM_THREADS", "all")} BLAS threads)')
+          f'(1 process, {blas_threads()} BLAS threads)')
 
 
 # -- argument parsing -----------------------------------------------------------

@@ -6,10 +6,11 @@ loads them from the cache) and is reported separately, never averaged in.
 The profile (per-layer milliseconds and parameter bytes) is what the cluster
 simulator extrapolates from.
 """
-import os
 import time
 
 import numpy as np
+
+from ._threads import blas_threads
 
 __all__ = ['profile_net', 'fill_inputs', 'format_profile']
 
@@ -20,13 +21,6 @@ def fill_inputs(net, seed=0):
     for name in net.inputs:
         blob = net.blobs[name]
         blob.data[...] = 0 if 'label' in name else rng.standard_normal(blob.shape)
-
-
-def _thread_count():
-    for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
-        if os.environ.get(var, '').isdigit():
-            return int(os.environ[var])
-    return os.cpu_count()
 
 
 def profile_net(net, iterations=10):
@@ -75,7 +69,7 @@ def profile_net(net, iterations=10):
     first_blob = net.blobs[next(iter(net.blobs))]
     return {
         'net': net.name, 'batch': int(first_blob.shape[0]) if first_blob.shape else 1,
-        'threads': _thread_count(), 'iterations': iterations, 'warmup_s': warmup,
+        'threads': blas_threads(), 'iterations': iterations, 'warmup_s': warmup,
         'forward_ms': 1e3 * total_fwd / iterations, 'backward_ms': 1e3 * total_bwd / iterations,
         'total_ms': 1e3 * (total_fwd + total_bwd) / iterations,
         'param_bytes': int(net.arena.nbytes), 'layers': layers}

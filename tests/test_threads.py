@@ -1,4 +1,6 @@
-from layerasync._threads import threads_per_rank
+import os
+
+from layerasync._threads import blas_threads, threads_per_rank
 
 
 def test_ranks_on_one_node_share_its_cores():
@@ -14,3 +16,9 @@ def test_a_choice_already_made_is_kept():
 
 def test_a_rank_bound_to_cores_uses_them():
     assert threads_per_rank({'MPI_LOCALNRANKS': '4'}, usable=2, cores=8) == 2
+
+
+def test_blas_threads_reads_the_first_variable_set():
+    assert blas_threads({'OPENBLAS_NUM_THREADS': '3'}) == 3
+    assert blas_threads({'OMP_NUM_THREADS': '2', 'MKL_NUM_THREADS': '5'}) == 2
+    assert blas_threads({}) == (os.cpu_count() or 1)

@@ -10,17 +10,14 @@ import shutil
 import subprocess
 import sys
 
+from .._threads import THREAD_VARIABLES
+
 __all__ = ['MPIS', 'FABRICS', 'THREAD_VARIABLES', 'detect_mpi', 'find_program', 'mpi_of',
            'fabric_settings', 'thread_settings', 'openmpi_argv', 'hydra_argv', 'srun_argv']
 
 MPIS = ('openmpi', 'mpich', 'intelmpi')
 FABRICS = ('ib', 'tcp', 'shm')
 
-# Every thread pool a rank may start: OpenMP (and BLAS built on it), OpenBLAS's
-# own, MKL's, and Numba's parallel kernels. Unset, each sizes itself to all the
-# cores of the node, and ranks-per-node x cores threads fight over the cores.
-THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
-                    'NUMBA_NUM_THREADS')
 
 # (mpi, fabric) -> (Open MPI MCA parameters, environment, variable naming the device)
 _FABRICS = {

@@ -1,19 +1,11 @@
 """Convolution, Pooling and LRN over (N, C, H, W) blobs, with Caffe's semantics."""
-import os
-
 import numpy as np
 
+from .._threads import blas_threads
 from ..kernels import lrn as lrn_kernels
 from ..kernels.im2col import col2im, im2col
 from ..kernels.pooling import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
 from .base import Layer, canonical_axis, register
-
-
-def _blas_threads():
-    for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
-        if os.environ.get(name, '').isdigit():
-            return int(os.environ[name])
-    return os.cpu_count() or 1
 
 
 # Convolution runs over chunks of images: a chunk's col buffer (C*kh*kw rows,
@@ -24,8 +16,8 @@ def _blas_threads():
 # were up to 25% slower on one thread, smaller ones no faster. With several
 # BLAS threads, small products do not pay for waking the threads: 16 times the
 # budget made ResNet-20 15% faster on 2 threads (docs/performance.md).
-COL_BUDGET = 1 << 16 if _blas_threads() == 1 else 1 << 20   # values in a chunk's col buffer
-MIN_COLUMNS = 512 if _blas_threads() == 1 else 4096         # output pixels per chunk, at least
+COL_BUDGET = 1 << 16 if blas_threads() == 1 else 1 << 20   # values in a chunk's col buffer
+MIN_COLUMNS = 512 if blas_threads() == 1 else 4096         # output pixels per chunk, at least
 
 
 def _hw(layer, field, pair, default, pair_required=True):
