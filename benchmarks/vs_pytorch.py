@@ -51,18 +51,11 @@ UNTIMED = {'Data', 'Input', 'Accuracy', 'Flatten', 'Reshape'}
 # -- our side -----------------------------------------------------------------
 
 def build_solver(model, batch):
-    from layerasync import models, proto, schema
-    from layerasync.data import DataOptions
-    from layerasync.net import load_net_param, set_batch_size
-    from layerasync.solver import get_solver
+    from layerasync.bench import make_solver
     from layerasync.timing import fill_inputs
-    net_param = set_batch_size(load_net_param(models.path(model)), batch)
-    param = proto.parse('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
-                        'random_seed: 1', schema.SolverParameter)
-    param.net_param = net_param
     # No prefetch thread: batch preparation then runs, and is timed, in the
     # measured thread, rather than competing for the core unseen.
-    solver = get_solver(param, data=DataOptions(synthetic=True, prefetch=False))
+    solver = make_solver(model, batch, 0, 1, prefetch=False)
     fill_inputs(solver.net)
     return solver
 
@@ -294,16 +287,17 @@ def torch_model(net):
     return GraphModule()
 
 
-def torch_optimizer(net, model):
-    """SGD with momentum, param groups carrying Caffe's lr_mult / decay_mult."""
+def torch_optimizer(solver, model):
+    """Our solver's SGD with momentum, param groups carrying Caffe's lr_mult / decay_mult."""
     import torch
+    net, p = solver.net, solver.param
     groups = {}
     for (i, k), index in model.by_blob.items():
         spec = net.param_specs[i][k]
         if spec.lr_mult:
             groups.setdefault((spec.lr_mult, spec.decay_mult), []).append(model.weights[index])
-    return torch.optim.SGD([{'params': ps, 'lr': 0.01 * lr, 'weight_decay': 0.0005 * decay}
-                            for (lr, decay), ps in groups.items()], lr=0.01, momentum=0.9)
+    return torch.optim.SGD([{'params': ps, 'lr': p.base_lr * lr, 'weight_decay': p.weight_decay * decay}
+                            for (lr, decay), ps in groups.items()], lr=p.base_lr, momentum=p.momentum)
 
 
 def torch_inputs(net):
@@ -508,7 +502,7 @@ def worker(args):
         solver = build_solver(model_name, batch)
         net = solver.net
         model = torch_model(net)
-        optimizer = torch_optimizer(net, model)
+        optimizer = torch_optimizer(solver, model)
         check = check_same_function(solver, model, args.rtol)
         log('    same function: loss ours {:.6f}, PyTorch {:.6f}, float64 {:.6f}; '.format(
             *check['loss']) + ', '.join(f'{side} gradients within {e:.1e} ({where})'
@@ -544,9 +538,8 @@ def compile_worker(args):
 def run_child(flag, args, threads, env_extra=None):
     fd, path = tempfile.mkstemp(suffix='.json')
     os.close(fd)
-    env = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR, **(env_extra or {}))
-    for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
-        env[var] = str(threads)
+    from layerasync._threads import thread_settings
+    env = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR, **(env_extra or {}), **thread_settings(threads))
     command = [sys.executable, os.path.abspath(__file__), flag, path, '--threads', str(threads),
                '--nets', args.nets, '--rounds', str(args.rounds),
                '--iterations', str(args.iterations), '--warmup', str(args.warmup),

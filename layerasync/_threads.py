@@ -25,17 +25,28 @@ def ranks_on_this_node(environ):
     return 1
 
 
-def threads_per_rank(environ, usable, cores):
+def usable_cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def threads_per_rank(environ, usable, cores, local=None):
     """The thread count for this rank, or None to leave the defaults alone.
-    ``usable``: the cores this process may run on; ``cores``: the node's."""
+    ``usable``: the cores this process may run on; ``cores``: the node's;
+    ``local``: the ranks sharing them (default: as the launcher says)."""
     if any(name in environ for name in THREAD_VARIABLES):
         return None                     # the user or the launcher chose
-    local = ranks_on_this_node(environ)
+    local = ranks_on_this_node(environ) if local is None else local
     if local == 1:
         return None
     if usable < cores:
         return usable                   # the launcher bound this rank to its cores
     return max(1, cores // local)
+
+
+def thread_settings(threads):
+    """Environment giving every thread pool of a rank ``threads`` threads."""
+    return {name: str(threads) for name in THREAD_VARIABLES}
 
 
 def blas_threads(environ=os.environ):
@@ -47,8 +58,6 @@ def blas_threads(environ=os.environ):
 
 
 def share_cores(environ=os.environ):
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    threads = threads_per_rank(environ, usable, os.cpu_count() or 1)
+    threads = threads_per_rank(environ, usable_cores(), os.cpu_count() or 1)
     if threads is not None:
-        for name in THREAD_VARIABLES:
-            environ[name] = str(threads)
+        environ.update(thread_settings(threads))

@@ -41,7 +41,7 @@ DEFAULT_STRATEGIES = 'sync,layerwise,layerwise:ordered,layerwise:lazy,async-laye
 PS_STRATEGIES = 'ps-sync,ps-async'
 
 
-def make_solver(model, batch, rank, size, seed=1):
+def make_solver(model, batch, rank, size, seed=1, prefetch=True):
     from .data import DataOptions
     from .solver import get_solver
     path = model if model.endswith('.prototxt') else models.path(model)
@@ -51,7 +51,8 @@ def make_solver(model, batch, rank, size, seed=1):
     param = proto.parse('base_lr: 0.001 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
                         f'random_seed: {seed}', schema.SolverParameter)
     param.net_param = net
-    return get_solver(param, data=DataOptions(rank=rank, world_size=size, synthetic=True))
+    return get_solver(param, data=DataOptions(rank=rank, world_size=size, synthetic=True,
+                                              prefetch=prefetch))
 
 
 def _time_iterations(solver, strategy, iterations, barrier):

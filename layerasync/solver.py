@@ -94,7 +94,7 @@ class Solver:
         arena = self.net.arena
         self.history = [np.zeros_like(arena.data) for _ in range(self.history_count)]
         self.grad_scale = 1.0
-        self.rate, self.clip_scale, self.update_iter = None, 1.0, 0
+        self.rate, self.clip_scale, self.step_scale, self.update_iter = None, 1.0, None, 0
         self._plan = self._plan_updates()
 
     # -- construction -----------------------------------------------------
@@ -172,6 +172,7 @@ class Solver:
             norm = math.sqrt(K.sum_of_squares(grad)) * self.grad_scale
             if norm > self.param.clip_gradients:
                 self.clip_scale = self.param.clip_gradients / norm
+        self.step_scale = self.grad_scale * self.clip_scale / self.param.iter_size
 
     def update_layer(self, i, grad=None):
         """Update layer ``i`` from its slice of ``grad`` (default: the gradient
@@ -190,8 +191,8 @@ class Solver:
             grad[view] = 0.0  # only written under force_backward; never applied
             return
         self._apply(self.net.arena.data[view], grad[view], [h[view] for h in self.history],
-                    self.rate * lr_mult, p.weight_decay * decay_mult,
-                    self.grad_scale * self.clip_scale / p.iter_size, p.regularization_type == 'L1')
+                    self.rate * lr_mult, p.weight_decay * decay_mult, self.step_scale,
+                    p.regularization_type == 'L1')
 
     def update(self, grad=None):
         """The whole step: exactly ``begin_update`` then every layer's update."""

@@ -7,6 +7,7 @@ wrote, which calls ``netns_exec`` (``ip netns exec`` instead of ssh).
 import os
 import shutil
 
+from .._threads import threads_per_rank, usable_cores
 from . import mpi as mpis
 from .cluster import load
 from .command import Command, Job, parse_exports, place
@@ -49,8 +50,8 @@ def emulated_command(program, np=None, ppn=None, threads=None, export=(), state_
                          f"-launcher-exec); found {path or 'no mpiexec'}: install the mpich "
                          'package into this Python, or give --mpirun PATH to an MPICH mpiexec')
     env = dict(EMULATION_ENV)
-    if not threads and not any(name in environ for name in mpis.THREAD_VARIABLES):
-        threads = max(1, (os.cpu_count() or 1) // np)
+    if not threads:   # the emulated hosts share one machine's cores
+        threads = threads_per_rank(environ, usable_cores(), os.cpu_count() or 1, local=np)
     if threads:
         env.update(mpis.thread_settings(threads))
     env.update(parse_exports(export, environ))

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from .._threads import THREAD_VARIABLES
+from .._threads import THREAD_VARIABLES, thread_settings
 
 __all__ = ['MPIS', 'FABRICS', 'THREAD_VARIABLES', 'detect_mpi', 'find_program', 'mpi_of',
            'fabric_settings', 'thread_settings', 'openmpi_argv', 'hydra_argv', 'srun_argv']
@@ -94,11 +94,6 @@ def fabric_settings(mpi, fabric, net_device=None):
             raise ValueError(f'--net-device {net_device}: fabric {fabric} uses no network device')
         env[device_variable] = net_device
     return dict(mca), env
-
-
-def thread_settings(threads):
-    """Environment giving every thread pool of a rank ``threads`` threads."""
-    return {name: str(threads) for name in THREAD_VARIABLES}
 
 
 # -- argument lists ---------------------------------------------------------------

@@ -160,20 +160,18 @@ class Convolution(Layer):
         for b, t in zip(bottom, top):
             for n0, n1 in self._chunks(b.shape[0]):
                 m = n1 - n0
-                col = self._im2col(b.data[n0:n1])
                 out = t.data[n0:n1].reshape(m, M, P)
-                if m == 1:   # (M, 1*P) is the top's own layout: no reordering copy
-                    np.matmul(w, col, out=out.reshape(self.group, -1, P))
+                # One image: (M, 1*P) is the top's own layout, no reordering copy.
+                rows = out if m == 1 else self._rows(m)
+                np.matmul(w, self._im2col(b.data[n0:n1]), out=rows.reshape(self.group, -1, m * P))
+                if m > 1:
+                    by_image = rows.reshape(M, m, P).transpose(1, 0, 2)
                     if bias is not None:
-                        out += bias
-                    continue
-                rows = self._rows(m)
-                np.matmul(w, col, out=rows.reshape(self.group, -1, m * P))
-                by_image = rows.reshape(M, m, P).transpose(1, 0, 2)
-                if bias is not None:
-                    np.add(by_image, bias, out=out)
-                else:
-                    np.copyto(out, by_image)
+                        np.add(by_image, bias, out=out)
+                    else:
+                        np.copyto(out, by_image)
+                elif bias is not None:
+                    out += bias
 
     def backward(self, top, propagate_down, bottom):
         want_weights = self.param_propagate_down[0]

@@ -24,6 +24,8 @@ import numpy as np
 __all__ = ['Strategy', 'AllreduceStrategy']
 
 
+_NOT_TRACED = contextlib.nullcontext()   # what ``span`` returns when nothing is traced
+
 # The solver fields an update reads (the rule and the learning-rate policy).
 RULE_FIELDS = ('base_lr', 'lr_policy', 'gamma', 'power', 'stepsize', 'stepvalue', 'max_iter',
                'momentum', 'momentum2', 'delta', 'weight_decay', 'regularization_type',
@@ -97,12 +99,12 @@ class Strategy:
     def close(self):
         """Release the communicator (collective)."""
 
-    @contextlib.contextmanager
     def span(self, name, **args):
         """Record the enclosed work (a wait, an update) on the trace's compute track."""
-        if self.trace is None:
-            yield
-            return
+        return _NOT_TRACED if self.trace is None else self._traced_span(name, args)
+
+    @contextlib.contextmanager
+    def _traced_span(self, name, args):
         start = time.perf_counter()
         yield
         self.trace.span('compute', name, start, time.perf_counter(), **args)
