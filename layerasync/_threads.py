@@ -2,8 +2,8 @@
 
 Imported by the package before NumPy, because BLAS reads its thread count once,
 when it loads. Several ranks on one node that each start a thread per core
-oversubscribe the node, and spinning BLAS threads then slow everything by an
-order of magnitude (two ranks of LeNet on 2 cores: 25x). When the launcher did
+oversubscribe the node, and spinning BLAS threads slow everything down (two
+ranks of LeNet on 2 cores: 2.5x; docs/cluster.md has the command). When the launcher did
 not say how many threads to use, each rank gets its share of the cores.
 """
 import os

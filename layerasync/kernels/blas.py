@@ -9,7 +9,8 @@ as BLAS with beta = 1 would do.
 
 (SciPy's BLAS ``gemm`` takes beta, but SciPy loads a second OpenBLAS with its
 own thread pool: with more than one thread, the two pools' spinning workers
-compete for the cores, and LeNet ran 3.5x slower on 2 threads than on 1.)
+compete for the cores, and LeNet ran 2.7x slower on 2 threads than on 1:
+docs/performance.md, "Two threads".)
 """
 import numpy as np
 

@@ -11,11 +11,12 @@ from .base import Layer, canonical_axis, register
 # Convolution runs over chunks of images: a chunk's col buffer (C*kh*kw rows,
 # one column per output pixel of every image in the chunk) should stay in L2
 # between im2col and the GEMM that reads it, yet give the GEMM enough columns:
-# OpenBLAS was up to 3x slower on some shapes at 256 columns than at 512.
-# Measured on lenet/cifar/alexnet/googlenet/resnet shapes, larger budgets
-# were up to 25% slower on one thread, smaller ones no faster. With several
-# BLAS threads, small products do not pay for waking the threads: 16 times the
-# budget made ResNet-20 15% faster on 2 threads (docs/performance.md).
+# OpenBLAS was up to 3x slower on some shapes at 256 columns than at 512, and
+# on one thread larger budgets were up to 25% slower, smaller ones no faster
+# (lenet/cifar/alexnet/googlenet/resnet shapes, measured in an earlier session).
+# With several BLAS threads small products do not pay for waking the threads:
+# 16 times the budget is never slower there, up to 14% faster
+# (benchmarks/conv_chunks.py; docs/performance.md, "Two threads").
 COL_BUDGET = 1 << 16 if blas_threads() == 1 else 1 << 20   # values in a chunk's col buffer
 MIN_COLUMNS = 512 if blas_threads() == 1 else 4096         # output pixels per chunk, at least
 
@@ -194,7 +195,7 @@ class Convolution(Layer):
                     # grad.T = col @ dy.T into a weight-sized workspace, then
                     # added: for small num_output NumPy's BLAS runs this
                     # long-inner-dimension product up to 2.4x faster than
-                    # dy @ col.T, with or without an accumulating GEMM.
+                    # dy @ col.T (measured in an earlier session).
                     grad_t = self.weight_grad_t
                     np.matmul(self._im2col(b.data[n0:n1]), dy.transpose(0, 2, 1), out=grad_t)
                     self._weights('diff')[...] += grad_t.transpose(0, 2, 1)
