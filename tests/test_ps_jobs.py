@@ -31,6 +31,14 @@ def job(*ranks, cwd, timeout=90):
     return out, time.perf_counter() - start
 
 
+def assert_job_failed(out, seconds, *messages):
+    """The job ended with an error, within a minute, each message on stderr."""
+    assert out.returncode != 0
+    for message in messages:
+        assert message in out.stderr
+    assert seconds < 60
+
+
 def test_ps_jobs_train_and_report_staleness(tmp_path):
     args = TRAIN + ['--synthetic', '--set', 'display=2', '--set', 'snapshot_after_train=false']
     out, _ = job(*[args + ['--strategy', 'ps-async', '--staleness', '1']] * 3, cwd=tmp_path)
@@ -44,27 +52,21 @@ def test_a_failing_worker_ends_the_job(tmp_path):
     good = TRAIN + ['--strategy', 'ps-sync', '--synthetic']
     bad = TRAIN + ['--strategy', 'ps-sync', '--data-root', str(tmp_path / 'nowhere')]
     out, seconds = job(good, bad, good, cwd=tmp_path)
-    assert out.returncode != 0
-    assert 'rank 1: error:' in out.stderr and 'nowhere' in out.stderr
-    assert seconds < 60
+    assert_job_failed(out, seconds, 'rank 1: error:', 'nowhere')
 
 
 def test_a_failing_server_ends_the_job(tmp_path):
     """The server (the last rank) cannot run ps-async with Adam; the workers would wait."""
     good = TRAIN + ['--strategy', 'ps-async', '--synthetic']
     out, seconds = job(good, good, good + ['--set', 'type="Adam"'], cwd=tmp_path)
-    assert out.returncode != 0
-    assert 'rank 2: error: ps-async' in out.stderr and 'not Adam' in out.stderr
-    assert seconds < 60
+    assert_job_failed(out, seconds, 'rank 2: error: ps-async', 'not Adam')
 
 
 def test_a_server_that_differs_stops_every_rank_at_start(tmp_path):
     good = TRAIN + ['--strategy', 'ps-sync', '--synthetic']
     out, seconds = job(good, good, good + ['--set', 'momentum=0.5'], cwd=tmp_path)
-    assert out.returncode != 0
-    assert 'rank 2 (server 0) differs from rank 0' in out.stderr
-    assert 'setting momentum = 0.5' in out.stderr
-    assert seconds < 60
+    assert_job_failed(out, seconds, 'rank 2 (server 0) differs from rank 0',
+                      'setting momentum = 0.5')
 
 
 def test_workers_failing_mid_run_take_the_server_down(tmp_path):
@@ -72,6 +74,4 @@ def test_workers_failing_mid_run_take_the_server_down(tmp_path):
     args = TRAIN + ['--strategy', 'ps-sync', '--synthetic', '--set', 'base_lr=1e8',
                     '--set', 'max_iter=200']
     out, seconds = job(args, args, args, cwd=tmp_path)
-    assert out.returncode != 0
-    assert 'not finite' in out.stderr
-    assert seconds < 60
+    assert_job_failed(out, seconds, 'not finite')

@@ -2,18 +2,9 @@
 the ordinary serial run (see ``mpi_support`` for failures and reports)."""
 import pytest
 
-from mpi_support import abort_on_failure, quiet_other_ranks
-
 MPI = pytest.importorskip('mpi4py.MPI')
 
-
-@pytest.hookimpl(trylast=True)   # after the terminal reporter exists
-def pytest_configure(config):
-    quiet_other_ranks(config, MPI)
-
-
-def pytest_runtest_logreport(report):
-    abort_on_failure(report, MPI)
+from mpi_support import pytest_configure, pytest_runtest_logreport  # noqa: E402,F401 (the hooks)
 
 
 @pytest.fixture(params=['self', 'world'])
