@@ -13,14 +13,16 @@ import argparse
 import csv
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 
+from layerasync.bench import write_csv
+from layerasync.launch.mpi import find_program
+
 
 def bench(args, progress, chunk, scheduler, in_flight):
-    mpiexec = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or 'mpiexec'
+    mpiexec = find_program(['mpiexec']) or 'mpiexec'
     with tempfile.NamedTemporaryFile(suffix='.csv') as out:
         command = [mpiexec, '-n', str(args.ranks), sys.executable, '-m', 'layerasync', 'bench',
                    '--model', args.model, '--batch', str(args.batch),
@@ -66,10 +68,7 @@ def main():
         print(', '.join(f'{k}={v:.3f}' if isinstance(v, float) else f'{k}={v}'
                         for k, v in result.items()), flush=True)
     path = os.path.join(args.out, f'{args.model}.csv')
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
-        writer.writeheader()
-        writer.writerows(results)
+    write_csv(results, path)
     print(f'\n`{" ".join([".venv/bin/python", "experiments/comm_settings.py"] + sys.argv[1:])}`\n')
     print('| progress | chunk | scheduler | in flight | compute ms | comm ms | sync | layerwise '
           '| async-layerwise | async / bound | async / sync | max spread |')

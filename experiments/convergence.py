@@ -17,9 +17,7 @@ runs delayed:2 with momentum 0.5 (``--set momentum=0.5``).
 The default is the embedded digits set (nothing to download).
 """
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -28,7 +26,8 @@ STRATEGIES = 'sync,layerwise,async-layerwise,delayed:1,delayed:2,delayed:3'
 
 def run(entry, args, metrics):
     strategy, *overrides = entry.split('+')
-    mpiexec = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or 'mpiexec'
+    from layerasync.launch.mpi import find_program
+    mpiexec = find_program(['mpiexec']) or 'mpiexec'
     command = [mpiexec, '-n', str(args.ranks), sys.executable, '-m', 'layerasync', 'train',
                '--solver', args.solver, '--strategy', strategy, '--metrics', metrics,
                *[a for o in overrides for a in ('--set', o)],
@@ -41,12 +40,9 @@ def run(entry, args, metrics):
     subprocess.run(command, check=True, env=env)
 
 
-def records(path):
-    return [json.loads(line) for line in open(path) if line.strip()]
-
-
 def summarise(strategy, path, target):
-    recs = [r for r in records(path) if r.get('rank', 0) == 0]
+    from layerasync.plot import load_records
+    recs = [r for r in load_records(path) if r.get('rank', 0) == 0]
     tests = [r for r in recs if 'test/accuracy' in r]
     rates = [r['iters_per_s'] for r in recs if r.get('iters_per_s')]
     reached = next((r for r in tests if r['test/accuracy'] >= target), None)

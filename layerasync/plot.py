@@ -90,13 +90,18 @@ def plot_timeline(trace_path, out, iteration=None):
     return out
 
 
+def load_records(path):
+    """The records of a JSON Lines metrics file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def plot_metrics(paths, out, x='time', y='test/accuracy'):
     """One curve per metrics file: ``y`` against wall-clock seconds or iterations."""
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for path in paths:
-        records = [json.loads(line) for line in open(path) if line.strip()]
-        points = [(r[x], r[y]) for r in records if y in r and r.get('rank', 0) == 0]
+        points = [(r[x], r[y]) for r in load_records(path) if y in r and r.get('rank', 0) == 0]
         if not points:
             raise ValueError(f"{path}: no records with '{y}'")
         xs, ys = zip(*points)

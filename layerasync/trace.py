@@ -74,12 +74,9 @@ class TracedHooks:
         self.strategy, self.net, self.trace = strategy, net, trace
         self.mark = None
 
-    def begin_forward(self):
-        self.mark = None
-
     def before_forward(self, i):
         now = time.perf_counter()
-        if self.mark is not None:
+        if i > 0:   # layer i-1's forward ends here (with iter_size > 1 too)
             self._layer('forward', i - 1, self.mark, now)
         self.strategy.before_forward(i)
         self.mark = time.perf_counter()

@@ -98,7 +98,6 @@ class Trainer:
                     self.test_all()
                 if traced is not None:
                     self.trace.iteration = s.iter
-                    traced.begin_forward()
                 loss = s.forward_backward(**hooks)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(self._divergence(loss))

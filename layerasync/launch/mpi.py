@@ -141,7 +141,7 @@ def hydra_argv(mpiexec, job, intel=False, options=()):
 def srun_argv(srun, job):
     argv = [srun, f'--ntasks={job.np}']
     if job.ppn:
-        argv += [f'--nodes={job.np // job.ppn}', f'--ntasks-per-node={job.ppn}']
+        argv += [f'--nodes={job.nodes}', f'--ntasks-per-node={job.ppn}']
     if job.hostfile is not None:
         argv += [f'--nodelist={",".join(h.name for h in job.hostfile.hosts)}']
     if job.threads:

@@ -177,10 +177,10 @@ def write_csv(results, path):
 
 def plot(results, path, title=''):
     """Speed-up and parallel efficiency against P, one line per strategy."""
-    import matplotlib
-    matplotlib.use('Agg')   # files only: no display needed on a cluster node
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from ..plot import _matplotlib
+    plt = _matplotlib()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     ranks = sorted({r.ranks for r in results})
     left.plot(ranks, ranks, color='0.7', linestyle='--', label='ideal')

@@ -123,9 +123,14 @@ class ParameterServerStrategy(Strategy):
             self.complete[piece.index] = self.clock_in[piece.index]
 
     def _progress(self):
-        for requests, _ in self.in_flight.values():
-            self.ps.progress(requests)
-            return
+        """Move the oldest layer's transfers on: MPI progresses only inside MPI calls."""
+        oldest = next(iter(self.in_flight.values()), None)
+        if oldest is not None:
+            self.ps.progress(oldest[0])
+
+    def progress_hook(self):
+        """Long layers (convolution chunks) move the transfers on too."""
+        return self._progress if self.roles is not None else None
 
     # -- drains, snapshots, shutdown ------------------------------------------------
     def finish(self):
