@@ -9,8 +9,13 @@ with momentum m is the linear recurrence
 
 whose characteristic polynomial is z^(K+1) - (1+m) z^K + m z^(K-1) + a. It is
 stable iff every root lies inside the unit circle. For m = 0 the limit has a
-closed form (Levin & May, 1976): a < 2 cos(K pi / (2K + 1)). This script finds
-the limit numerically by bisection for both, and checks the closed form.
+closed form (Levin & May, 1976): a < 2 cos(K pi / (2K + 1)). With momentum,
+two limits are exact or asymptotic (derived in docs/theory.md, section 4):
+at K = 1 the limit is a < 1 - m for every m; for K >= 1 and K (1 - m) << 1
+it approaches a = (1 - m) / K. This script finds the limits numerically by
+bisection for m = 0, 0.5 and 0.9, and prints them both as a and in units of
+the effective step, a / (1 - m); tests/test_delay_stability.py checks the
+closed form and both limits against the bisection.
 """
 import math
 
@@ -39,16 +44,31 @@ def largest_stable_step(delay, momentum=0.0, tol=1e-9):
 
 
 def levin_may(delay):
+    """The exact limit without momentum (Levin & May, 1976)."""
     return 2 * math.cos(delay * math.pi / (2 * delay + 1))
+
+
+def small_delay_limit(delay, momentum):
+    """(1 - m) / K: the limit for K >= 1 as K (1 - m) -> 0; exact at K = 1."""
+    return (1 - momentum) / delay
+
+
+MOMENTA = (0.0, 0.5, 0.9)
 
 
 def main():
     print('largest stable a = lr * lambda on a quadratic, gradients K iterations late;')
-    print('with momentum m the effective step is a / (1 - m)')
-    print(f"{'K':>3} {'Levin-May':>10} {'m = 0':>8} {'m = 0.9':>8} {'effective':>10}")
+    print('a / (1 - m) is the same limit in units of the effective step lr * lambda / (1 - m)')
+    high = MOMENTA[-1]
+    print(f"{'K':>3} {'Levin-May':>10} |"
+          + ''.join(f"{f'a, m = {m:g}':>12}" for m in MOMENTA) + f"{f'(1-{high:g})/K':>12} |"
+          + ''.join(f"{f'a/(1-m), m = {m:g}':>18}" for m in MOMENTA[1:]))
     for k in range(6):
-        m0, m9 = largest_stable_step(k), largest_stable_step(k, 0.9)
-        print(f'{k:>3} {levin_may(k):>10.4f} {m0:>8.4f} {m9:>8.4f} {m9 / 0.1:>10.4f}')
+        limits = [largest_stable_step(k, m) for m in MOMENTA]
+        small_delay = f'{small_delay_limit(k, high):>12.4f}' if k else f"{'':>12}"
+        print(f'{k:>3} {levin_may(k):>10.4f} |' + ''.join(f'{a:>12.4f}' for a in limits)
+              + small_delay + ' |'
+              + ''.join(f'{a / (1 - m):>18.4f}' for a, m in zip(limits[1:], MOMENTA[1:])))
 
 
 if __name__ == '__main__':
