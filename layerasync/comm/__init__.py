@@ -11,8 +11,11 @@ The contract, which strategies rely on:
 - ``progress()``: advance in-flight work; call it often (between layers).
 - ``wait(bucket)`` / ``wait_any(buckets)`` / ``wait_all()``: block until
   reduced here. After ``wait`` the slice holds the *sum* over ranks.
-- Control calls (``bcast``, ``allreduce_mean``, ``barrier``, ...) are
-  blocking collectives; call them only after ``wait_all()``.
+- ``control`` (``comm.control.Control``: ``bcast``, ``allreduce_mean``,
+  ``barrier``, ``check_same``, ...): blocking collectives on a communicator of
+  their own; call them only after ``wait_all()``.
+- ``settings``: the settings in force (after any fallback), for the start-up
+  agreement check.
 
 mpi4py is imported only here and in ``launch``: one process without MPI trains.
 """
@@ -27,7 +30,7 @@ __all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS']
 # negotiated priority order cost more in rounds than it gained on these nets;
 # a progress thread (ours or MPICH's) competes for cores that compute needs.
 DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=4, priority=False,
-                progress='poll')
+                progress='poll', spin=50e-6, max_sleep=1e-3)
 
 # Set by the process managers of MPICH/Hydra, Open MPI, Intel MPI and Slurm.
 _LAUNCHER_VARIABLES = ('PMI_SIZE', 'PMI_RANK', 'OMPI_COMM_WORLD_SIZE', 'PMIX_RANK',

@@ -15,31 +15,31 @@ class AgreedError(ValueError):
 
 
 class Control:
-    """Control-path collectives over the mpi4py communicator ``control``."""
+    """Control-path collectives over the mpi4py communicator ``comm``
+    (which the caller owns and frees)."""
 
-    def __init__(self, control):
-        self.control = control
-        self.rank, self.size = control.Get_rank(), control.Get_size()
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
     def bcast(self, array, root=0):
-        self.control.Bcast(array, root=root)
-
-    def allreduce_sum(self, array):
-        """In-place sum of a (small) array."""
-        self.control.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
-        return array
+        """In place: every rank's ``array`` becomes rank ``root``'s."""
+        self.comm.Bcast(array, root=root)
 
     def allreduce_mean(self, value):
+        """The mean over ranks of a number (returns a float) or an array (returns
+        a new float64 array of its shape)."""
         buf = np.array(value, np.float64, copy=True, ndmin=1)
-        self.control.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         buf /= self.size
         return buf if np.ndim(value) else float(buf[0])
 
     def barrier(self):
-        self.control.Barrier()
+        self.comm.Barrier()
 
     def allgather_text(self, text):
-        return self.control.allgather(text)
+        """Every rank's (picklable) ``text``, in rank order."""
+        return self.comm.allgather(text)
 
     def check_same(self, lines, describe=lambda rank: f'rank {rank}'):
         """Stop every rank if any rank's ``lines`` (strings) differ from rank 0's,

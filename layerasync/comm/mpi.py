@@ -17,9 +17,17 @@ some MPI call runs):
   ``MPIR_CVAR_ASYNC_PROGRESS=1``, set by ``init_mpi`` before MPI starts),
   plus the ``poll`` calls.
 
+Waiting: the ``thread`` engine's waiter sleeps on a condition that the
+progress thread signals. The others poll and, when a poll found nothing,
+pause with ``Backoff`` (spin ``spin`` seconds, then sleep up to
+``max_sleep``) rather than call ``MPI_Waitany``, inside which MPICH
+busy-polls: a rank that waits must leave the core to the peer it waits for
+when ranks outnumber cores (``docs/cluster.md``, "Waiting without spinning").
+
 Three duplicated communicators keep the traffic apart, so their collectives
 never have to be ordered against each other: data (chunks), rounds
-(priority negotiation) and control (broadcasts, checks, metrics).
+(priority negotiation) and control (``self.control``, a ``Control``:
+broadcasts, checks, metrics).
 """
 import threading
 import time
@@ -28,6 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import DEFAULTS
+from .backoff import Backoff
 from .buckets import make_buckets
 from .control import Control
 from .scheduler import Scheduler
@@ -37,34 +46,36 @@ __all__ = ['Communicator']
 ENGINES = ('poll', 'thread', 'mpi')
 
 
-class Communicator(Control):
+class Communicator:
     """Reduces buckets of gradient buffers across the ranks of ``comm``.
 
     Collective: every rank constructs it with the same buckets and settings,
-    posts the same buckets in the same order and calls ``close()``. The
-    control-path calls (``Control``) run on a communicator of their own; call
-    them only after ``wait_all()``.
+    posts the same buckets in the same order and calls ``close()``.
+    ``control`` (a ``Control``) runs the control-path collectives on a
+    communicator of its own; call them only after ``wait_all()``.
     """
 
     def __init__(self, comm, buffers, segments, fusion_bytes=DEFAULTS['fusion_bytes'],
                  chunk_bytes=DEFAULTS['chunk_bytes'], max_in_flight=DEFAULTS['max_in_flight'],
                  priority=DEFAULTS['priority'], progress=DEFAULTS['progress'],
+                 spin=DEFAULTS['spin'], max_sleep=DEFAULTS['max_sleep'],
                  poll_interval=50e-6, trace=None, warn=print):
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
-        super().__init__(comm.Dup())
+        self.backoff = Backoff(spin, max_sleep)
+        self.control = Control(comm.Dup())
+        self.rank, self.size = self.control.rank, self.control.size
         self.buffers = list(buffers)
         itemsize = self.buffers[0].itemsize if self.buffers else 4
         self.buckets, self.chunks = make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
-        self.bucket_of_layer = {layer: b.index for b in self.buckets for layer in b.layers}
         self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
-        self.settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
-                             max_in_flight=max_in_flight, priority=priority, progress=progress)
+        self._settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
+                              max_in_flight=max_in_flight, priority=priority, progress=progress,
+                              spin=spin, max_sleep=max_sleep)
         self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
         self.trace = trace
         self.requests, self.keys, self.posted_at = [], [], {}
         self.round_req = self.round_send = self.round_recv = None
-        self.wait_seconds = 0.0
         self.generation = np.zeros(len(self.buckets), np.int64)  # posts per bucket here
         self.buffer_of = {}   # (bucket, generation) -> [buffer index, chunks not yet posted]
         self.lock = threading.Condition()
@@ -73,13 +84,20 @@ class Communicator(Control):
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
                 warn(f'rank {self.rank}: the MPI library gives no MPI_THREAD_MULTIPLE; '
                      "progress engine 'thread' falls back to 'poll'")
-                self.settings['progress'] = 'poll'
+                self._settings['progress'] = 'poll'
             else:
                 self.poll_interval = poll_interval
                 self.running = True
                 self.thread = threading.Thread(target=self._progress_loop, daemon=True,
                                                name='layerasync-progress')
                 self.thread.start()
+
+    @property
+    def settings(self):
+        """The settings in force, as keyword arguments of the constructor (a new
+        dict): what was asked for, except ``progress``, which records the
+        fallback from ``thread`` to ``poll`` without MPI_THREAD_MULTIPLE."""
+        return dict(self._settings)
 
     # -- the contract ----------------------------------------------------------
     def post(self, bucket, buffer=0):
@@ -140,32 +158,41 @@ class Communicator(Control):
                 self.running = False
                 self.lock.notify_all()
             self.thread.join()
-        for c in (self.data_comm, self.round_comm, self.control):
+        for c in (self.data_comm, self.round_comm, self.control.comm):
             c.Free()
+
+    # -- the control path: ``control``'s calls, for callers holding the communicator
+    def bcast(self, array, root=0):
+        self.control.bcast(array, root)
+
+    def allreduce_mean(self, value):
+        return self.control.allreduce_mean(value)
+
+    def barrier(self):
+        self.control.barrier()
+
+    def allgather_text(self, text):
+        return self.control.allgather_text(text)
+
+    def check_same(self, *args):
+        self.control.check_same(*args)
 
     # -- engine ----------------------------------------------------------------
     def _block_until(self, condition, what):
-        start = time.perf_counter()
+        self.backoff.reset()
         with self.lock:
             while not condition():
                 if self.thread is not None:
                     if not self.thread.is_alive():
                         raise RuntimeError(f'rank {self.rank}: the progress thread died')
                     self.lock.wait()
-                    continue
-                if self._step():
-                    continue
-                pending = self.requests + ([self.round_req] if self.round_req else [])
-                if not pending:
+                elif self._step():
+                    self.backoff.reset()
+                elif not self.requests and self.round_req is None:
                     raise RuntimeError(f'rank {self.rank}: waiting for {what}, but nothing is in '
                                        'flight or ready to post (a bucket was not posted)')
-                # Nothing moved: let MPI spin inside one call instead of Python.
-                # (A completed request turns inactive, so it is retired right here;
-                # the round request, last in the list, is picked up by _step.)
-                index = MPI.Request.Waitany(pending)
-                if index < len(self.requests):
-                    self._complete([index])
-        self.wait_seconds += time.perf_counter() - start
+                else:
+                    self.backoff.pause()
 
     def _step(self):
         """One round of progress; returns whether anything changed. Holds the lock."""
