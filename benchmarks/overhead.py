@@ -6,8 +6,8 @@ One process, interleaved rounds, medians of ms per iteration for:
 
 - ``raw``: every layer's forward and backward called directly, then the update
   (the work itself, no framework around it);
-- ``net``: ``Solver.forward_backward`` + update (the net's dispatch loop);
-- ``hooked``: as ``net`` with async-layerwise's hooks on a one-rank MPI
+- ``net``: ``Solver.step`` alone (the net's dispatch loop, then the update);
+- ``hooked``: ``Solver.step`` under async-layerwise's hooks on a one-rank MPI
   communicator: every progress call, post, wait and deferred update that a
   distributed run makes, with no network behind them.
 
@@ -44,17 +44,7 @@ def main():
                                        net.bottom_vecs[i])
         solver.update()
 
-    def plain():
-        solver.forward_backward()
-        solver.update()
-
-    def hooked():
-        solver.forward_backward(before_layer=strategy.before_forward,
-                                after_layer=strategy.after_backward)
-        strategy.end_iteration()
-        solver.iter += 1
-
-    runs = {'raw': raw, 'net': plain, 'hooked': hooked}
+    runs = {'raw': raw, 'net': lambda: solver.step(1), 'hooked': lambda: solver.step(1, strategy)}
     for f in runs.values():
         f()
         f()

@@ -56,14 +56,10 @@ def make_solver(model, batch, rank, size, seed=1, prefetch=True):
 
 
 def _time_iterations(solver, strategy, iterations, barrier):
-    """Seconds per iteration of the trainer's inner loop for ``strategy``."""
+    """Seconds per iteration of the trainer's iterations (``Solver.step``) under ``strategy``."""
     barrier()
     start = time.perf_counter()
-    for _ in range(iterations):
-        solver.forward_backward(before_layer=strategy.before_forward,
-                                after_layer=strategy.after_backward)
-        strategy.end_iteration()
-        solver.iter += 1
+    solver.step(iterations, strategy)
     strategy.finish()
     return (time.perf_counter() - start) / iterations
 

@@ -10,23 +10,29 @@ for every layer, which is what lets the distributed strategies update layers
 one at a time, in whatever order their gradients arrive.
 
 The gradient arena may hold a multiple of the gradient (a sum over ranks, an
-accumulation over ``iter_size``): ``grad_scale`` and ``iter_size`` are folded
-into the update kernel instead of costing extra passes.
+accumulation over ``iter_size``): the caller's ``scale`` (1/P for a sum over
+P ranks) and ``iter_size`` are folded into the update kernel instead of
+costing extra passes.
+
+``step`` is the one iteration driver: the trainer, the bench and the
+benchmarks all run iterations through it, with a strategy deciding what
+happens to the gradients. Files (weights, solver state) are ``snapshot``'s.
 """
 import dataclasses
-import json
 import math
 import os
-import tempfile
+from typing import NamedTuple
 
 import numpy as np
 
 from . import proto, schema
 from .kernels import solver as K
 from .net import TEST, TRAIN, Net, load_net_param
+from .snapshot import (SnapshotError, atomic_savez, copy_checked, layer_states, load_layer_states,
+                       load_npz, load_weights, net_weights, per_blob)
 
 __all__ = ['Solver', 'SGDSolver', 'NesterovSolver', 'AdamSolver', 'get_solver',
-           'SolverError', 'load_solver_param', 'SOLVERS']
+           'SolverError', 'load_solver_param', 'SOLVERS', 'ParamSlot', 'param_slots', 'score']
 
 
 class SolverError(ValueError):
@@ -62,6 +68,43 @@ _POLICIES = {
 }
 
 
+class ParamSlot(NamedTuple):
+    """One parameter blob's place in the arenas and its update rule."""
+    layer: int          # index of its layer in the net
+    k: int              # its index among the layer's blobs
+    key: str            # 'layer/k', the key in weights and snapshot files
+    view: slice         # its slice of arena.data / arena.diff / the histories
+    shape: tuple
+    lr_mult: float
+    decay_mult: float
+
+
+def param_slots(net):
+    """Every parameter blob of ``net`` as a ``ParamSlot``, in net order.
+
+    The one walk of the parameter layout: the solver's updates, the
+    snapshot's per-blob views and the parameter servers' pieces all read it.
+    """
+    slots = []
+    for i in net.param_layers:
+        start = net.param_slice(i).start
+        for k, (blob, spec) in enumerate(zip(net.layers[i].blobs, net.param_specs[i])):
+            slots.append(ParamSlot(i, k, f'{net.layers[i].name}/{k}',
+                                   slice(start, start + blob.count), tuple(blob.shape),
+                                   spec.lr_mult, spec.decay_mult))
+            start += blob.count
+    return slots
+
+
+def score(net, iterations):
+    """Run ``net`` forward ``iterations`` times: the mean of each output (float64)."""
+    totals = {}
+    for _ in range(iterations):
+        for name, value in net.forward().items():
+            totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
+    return {name: total / iterations for name, total in totals.items()}
+
+
 class Solver:
     """Owns the train net, the test nets, the update state and the iteration count.
 
@@ -93,9 +136,9 @@ class Solver:
         self.iter = 0
         arena = self.net.arena
         self.history = [np.zeros_like(arena.data) for _ in range(self.history_count)]
-        self.grad_scale = 1.0
         self.rate, self.clip_scale, self.step_scale, self.update_iter = None, 1.0, None, 0
-        self._plan = self._plan_updates()
+        self.slots = param_slots(self.net)
+        self.slots_of = {i: [s for s in self.slots if s.layer == i] for i in self.net.param_layers}
 
     # -- construction -----------------------------------------------------
     def _validate(self):
@@ -136,18 +179,6 @@ class Solver:
             return [self._net_param(TEST)]
         return []
 
-    def _plan_updates(self):
-        """Per layer: the (arena slice, lr_mult, decay_mult) of each parameter blob."""
-        plan = {}
-        for i in self.net.param_layers:
-            start = self.net.param_slice(i).start
-            entries = []
-            for blob, spec in zip(self.net.layers[i].blobs, self.net.param_specs[i]):
-                entries.append((slice(start, start + blob.count), spec.lr_mult, spec.decay_mult))
-                start += blob.count
-            plan[i] = entries
-        return plan
-
     # -- the update -----------------------------------------------------------
     def learning_rate(self, iteration=None):
         it = self.iter if iteration is None else iteration
@@ -158,27 +189,29 @@ class Solver:
         """Clipping needs the global gradient norm before any layer is updated."""
         return self.param.clip_gradients > 0
 
-    def begin_update(self, grad=None):
+    def begin_update(self, grad=None, scale=1.0):
         """Fix the learning rate, iteration and clipping scale of the coming update.
 
-        ``grad`` is the gradient buffer (default: the net's gradient arena);
-        clipping reads all of it, so every reduction must be complete.
+        ``grad`` is the gradient buffer (default: the net's gradient arena),
+        holding ``1 / scale`` times the gradient (``scale`` = 1/P for a sum
+        over P ranks); clipping reads all of it, so every reduction must be
+        complete.
         """
         self.update_iter = self.iter
         self.rate = self.learning_rate()
         self.clip_scale = 1.0
         if self.needs_all_gradients:
             grad = self.net.arena.diff if grad is None else grad
-            norm = math.sqrt(K.sum_of_squares(grad)) * self.grad_scale
+            norm = math.sqrt(K.sum_of_squares(grad)) * scale
             if norm > self.param.clip_gradients:
                 self.clip_scale = self.param.clip_gradients / norm
-        self.step_scale = self.grad_scale * self.clip_scale / self.param.iter_size
+        self.step_scale = scale * self.clip_scale / self.param.iter_size
 
     def update_layer(self, i, grad=None):
         """Update layer ``i`` from its slice of ``grad`` (default: the gradient
         arena), then zero that slice for the next accumulation."""
-        for view, lr_mult, decay_mult in self._plan[i]:
-            self.update_slice(view, lr_mult, decay_mult, grad)
+        for slot in self.slots_of[i]:
+            self.update_slice(slot.view, slot.lr_mult, slot.decay_mult, grad)
 
     def update_slice(self, view, lr_mult=1.0, decay_mult=1.0, grad=None):
         """Update the parameters in arena slice ``view`` (one parameter blob or
@@ -194,9 +227,9 @@ class Solver:
                     self.rate * lr_mult, p.weight_decay * decay_mult, self.step_scale,
                     p.regularization_type == 'L1')
 
-    def update(self, grad=None):
+    def update(self, grad=None, scale=1.0):
         """The whole step: exactly ``begin_update`` then every layer's update."""
-        self.begin_update(grad)
+        self.begin_update(grad, scale)
         for i in self.net.param_layers:
             self.update_layer(i, grad)
 
@@ -221,21 +254,37 @@ class Solver:
             loss += self.net.loss
         return loss / n
 
-    def step(self, iters=1):
-        """pycaffe's ``solver.step``: train ``iters`` iterations in this process."""
+    def step(self, iters=1, strategy=None, hooks=None, on_loss=None):
+        """Train ``iters`` iterations (pycaffe's ``solver.step``); the last one's loss.
+
+        The one iteration driver. Each iteration runs ``forward_backward``
+        with the hooks of ``hooks`` (default: the strategy; an object with
+        ``before_forward(i)``, ``after_backward(i)`` and ``end_forward()``),
+        calls ``on_loss(loss)`` before anything is updated (the trainer
+        checks and displays the loss there), then ``strategy.end_iteration()``
+        (``strategy`` None: this process alone, ``update()``), and counts the
+        iteration.
+        """
+        hooks = hooks or strategy
+        loss = None
         for _ in range(iters):
-            self.forward_backward()
-            self.update()
+            if hooks is None:
+                loss = self.forward_backward()
+            else:
+                loss = self.forward_backward(hooks.before_forward, hooks.after_backward,
+                                             hooks.end_forward)
+            if on_loss is not None:
+                on_loss(loss)
+            if strategy is None:
+                self.update()
+            else:
+                strategy.end_iteration()
             self.iter += 1
+        return loss
 
     def test(self, index=0):
         """Run test net ``index`` for its ``test_iter`` batches: mean of each output."""
-        net, iters = self.test_nets[index], self.param.test_iter[index]
-        totals = {}
-        for _ in range(iters):
-            for name, value in net.forward().items():
-                totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
-        return {name: total / iters for name, total in totals.items()}
+        return score(self.test_nets[index], self.param.test_iter[index])
 
     # -- snapshots ---------------------------------------------------------
     def snapshot(self, prefix=None, extra=None):
@@ -246,17 +295,17 @@ class Solver:
         """
         path = self.snapshot_path(prefix)
         weights = path[:-len('.solverstate.npz')] + '.weights.npz'
-        _atomic_savez(weights, net_weights(self.net))
+        atomic_savez(weights, net_weights(self.net))
         state = {'iter': np.array(self.iter), 'type': np.array(self.type),
                  'weights': np.array(os.path.basename(weights))}
         for h, history in enumerate(self.history):
-            for key, view in _per_blob(self.net, history).items():
+            for key, view in per_blob(self.slots, history).items():
                 state[f'history{h}/{key}'] = view
         for prefix, net in self._nets():
-            state.update(_layer_states(net, prefix))
+            state.update(layer_states(net, prefix))
         for key, value in (extra or {}).items():
             state[f'extra/{key}'] = np.asarray(value)
-        _atomic_savez(path, state)
+        atomic_savez(path, state)
         return path
 
     def snapshot_path(self, prefix=None):
@@ -269,18 +318,18 @@ class Solver:
 
         Returns the ``extra`` arrays stored with it.
         """
-        state = _load_npz(path)
+        state = load_npz(path)
         if str(state['type']) != self.type:
-            raise SolverError(f'{path}: snapshot of a {state["type"]} solver, this is {self.type}')
+            raise SnapshotError(f'{path}: snapshot of a {state["type"]} solver, this is {self.type}')
         weights = os.path.join(os.path.dirname(path), str(state['weights']))
         load_weights(self.net, weights, strict=True)
         for h, history in enumerate(self.history):
-            views = _per_blob(self.net, history)
-            _copy_checked(views, {k[len(f'history{h}/'):]: v for k, v in state.items()
+            views = per_blob(self.slots, history)
+            copy_checked(views, {k[len(f'history{h}/'):]: v for k, v in state.items()
                                   if k.startswith(f'history{h}/')}, path)
         self.iter = int(state['iter'])
         for prefix, net in self._nets():
-            _load_layer_states(net, prefix, state)
+            load_layer_states(net, prefix, state)
         return {k[len('extra/'):]: v for k, v in state.items() if k.startswith('extra/')}
 
     def _nets(self):
@@ -291,27 +340,6 @@ class Solver:
         """Stop the nets' background work (data prefetching)."""
         for _, net in self._nets():
             net.close()
-
-
-def _layer_states(net, prefix):
-    """Every layer's random stream and, for data layers, the read position."""
-    state = {}
-    for layer in net.layers:
-        state[f'{prefix}rng/{layer.name}'] = np.array(json.dumps(layer.rng.bit_generator.state))
-        if hasattr(layer, 'state_dict'):
-            for key, value in layer.state_dict().items():
-                state[f'{prefix}data/{layer.name}/{key}'] = np.asarray(value)
-    return state
-
-
-def _load_layer_states(net, prefix, state):
-    for layer in net.layers:
-        key = f'{prefix}rng/{layer.name}'
-        if key in state:
-            layer.rng.bit_generator.state = json.loads(str(state[key]))
-        if hasattr(layer, 'load_state_dict'):
-            data = f'{prefix}data/{layer.name}/'
-            layer.load_state_dict({k[len(data):]: v for k, v in state.items() if k.startswith(data)})
 
 
 def _solver_file(param):
@@ -368,80 +396,3 @@ def get_solver(source, seed=None, data=None, type=None):
         raise SolverError(f"{param.where_of('type')}: unknown solver type '{name}'; "
                           f"known: {', '.join(SOLVERS)}")
     return SOLVERS[name](param, seed=seed, data=data)
-
-
-# -- weights and snapshot files ---------------------------------------------
-
-def _param_keys(net):
-    """``layer/k`` -> Blob, in net order."""
-    return {f'{name}/{k}': blob for name, blobs in net.params.items() for k, blob in enumerate(blobs)}
-
-
-def net_weights(net):
-    return {key: blob.data for key, blob in _param_keys(net).items()}
-
-
-def _per_blob(net, arena_array):
-    """Views of an arena-shaped array (solver history), keyed like the weights."""
-    out = {}
-    for i in net.param_layers:
-        start = net.param_slice(i).start
-        for k, blob in enumerate(net.layers[i].blobs):
-            out[f'{net.layers[i].name}/{k}'] = arena_array[start:start + blob.count].reshape(blob.shape)
-            start += blob.count
-    return out
-
-
-def _copy_checked(targets, arrays, path, strict=True):
-    """Copy ``arrays`` into ``targets`` by key, refusing any name or shape mismatch."""
-    problems = []
-    for key, target in targets.items():
-        if key not in arrays:
-            if strict:
-                problems.append(f'{key}: missing from the file (net has shape {target.shape})')
-        elif arrays[key].shape != target.shape:
-            problems.append(f'{key}: file has shape {arrays[key].shape}, net has {target.shape}')
-    if strict:
-        problems += [f'{key}: in the file, not in the net' for key in arrays if key not in targets]
-    if problems:
-        raise SolverError(f'{path}: parameters do not match this net:\n  ' + '\n  '.join(problems))
-    for key, target in targets.items():
-        if key in arrays:
-            target[...] = arrays[key]
-
-
-def load_weights(net, path, strict=False):
-    """Copy weights saved by ``snapshot`` into ``net`` by layer name.
-
-    ``strict`` (resuming) refuses any difference; otherwise (fine-tuning,
-    testing) layers absent from the file keep their initial values, but a
-    shape mismatch is always refused.
-    """
-    arrays = _load_npz(path)
-    _copy_checked({k: b.data for k, b in _param_keys(net).items()}, arrays, path, strict)
-
-
-def _load_npz(path):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise SolverError(f'{path}: no such snapshot file') from None
-    except (ValueError, OSError) as e:
-        raise SolverError(f'{path}: not a readable snapshot ({e})') from None
-
-
-def _atomic_savez(path, arrays):
-    """Write to a temporary file in the same folder, then rename: never a torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.npz')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -84,7 +84,8 @@ class TracedHooks:
     def end_forward(self):
         now = time.perf_counter()
         self._layer('forward', len(self.net.layers) - 1, self.mark, now)
-        self.mark = now
+        self.strategy.end_forward()
+        self.mark = time.perf_counter()
 
     def after_backward(self, i):
         now = time.perf_counter()

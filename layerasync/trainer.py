@@ -79,39 +79,25 @@ class Trainer:
         self.strategy.start()
         s.net.set_progress(self.strategy.progress_hook())
         bar = self._open_bar(s.iter, max_iter)
-        losses = deque(maxlen=max(1, p.average_loss))
-        window_start, window_iter = time.perf_counter(), s.iter
+        self.losses = deque(maxlen=max(1, p.average_loss))
+        self.window = (time.perf_counter(), s.iter)   # the display window's start
         self.log(f'Solving {s.net.name or "net"} ({s.type}, strategy {self.strategy.name}, '
                  f'{self.size} rank{"s" if self.size > 1 else ""}, {s.net.arena.count:,} parameters)')
-        hooks = dict(before_layer=self.strategy.before_forward,
-                     after_layer=self.strategy.after_backward)
-        traced = None
+        hooks = None
         if self.trace is not None:
             from .trace import TracedHooks
-            traced = TracedHooks(self.strategy, s.net, self.trace)
-            hooks = dict(before_layer=traced.before_forward, after_layer=traced.after_backward,
-                         after_forward=traced.end_forward)
+            hooks = TracedHooks(self.strategy, s.net, self.trace)
             self.trace.start()
         try:
             while s.iter < max_iter:
                 if self._due(p.test_interval) and (s.iter > 0 or p.test_initialization):
                     self.test_all()
-                if traced is not None:
+                if self.trace is not None:
                     self.trace.iteration = s.iter
-                loss = s.forward_backward(**hooks)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(self._divergence(loss))
-                losses.append(loss)
-                if self._due(p.display):
-                    now = time.perf_counter()
-                    rate = (s.iter - window_iter) / (now - window_start) if s.iter > window_iter else None
-                    self._display(float(np.mean(losses)), rate)
-                    window_start, window_iter = now, s.iter
-                self.strategy.end_iteration()
-                s.iter += 1
+                s.step(1, self.strategy, hooks, on_loss=self._on_loss)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f'{np.mean(losses):.4f}', refresh=False)
+                    bar.set_postfix(loss=f'{np.mean(self.losses):.4f}', refresh=False)
                 if p.snapshot and s.iter % p.snapshot == 0:
                     self.snapshot()
             self.strategy.finish()
@@ -129,6 +115,18 @@ class Trainer:
                 self.metrics_file.flush()
         self.log('Optimization Done.')
         return self.test_results[-1] if self.test_results else {}
+
+    def _on_loss(self, loss):
+        """Before the update: stop on divergence, display the averaged loss."""
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self._divergence(loss))
+        self.losses.append(loss)
+        if self._due(self.solver.param.display):
+            now, it = time.perf_counter(), self.solver.iter
+            start, start_iter = self.window
+            self._display(float(np.mean(self.losses)), (it - start_iter) / (now - start)
+                          if it > start_iter else None)
+            self.window = (now, it)
 
     def _due(self, interval):
         return bool(interval) and self.solver.iter % interval == 0

@@ -8,7 +8,8 @@ import pytest
 
 import layerasync as la
 from layerasync import proto, schema
-from layerasync.solver import SolverError, get_solver, load_weights
+from layerasync.snapshot import SnapshotError, load_weights
+from layerasync.solver import SolverError, get_solver
 
 NET = '''name: "tiny"
 layer { name: "input" type: "Input" top: "data" top: "label"
@@ -65,8 +66,8 @@ def test_sgd_momentum_weight_decay_and_multipliers_by_hand():
              net_extra='param { lr_mult: 2 decay_mult: 0 } param { lr_mult: 0.5 decay_mult: 3 }')
     mults = {}
     for i in s.net.param_layers:
-        for view, lr_mult, decay_mult in s._plan[i]:
-            mults[view.start] = (view, lr_mult, decay_mult)
+        for slot in s.slots_of[i]:
+            mults[slot.view.start] = (slot.view, slot.lr_mult, slot.decay_mult)
     w = s.net.arena.data.astype(np.float64)
     h = np.zeros_like(w)
     for _ in range(3):
@@ -138,12 +139,11 @@ def test_clip_gradients_scales_to_the_threshold():
 
 def test_grad_scale_and_iter_size_fold_into_the_update():
     a, b = make(), make('iter_size: 4')
-    b.grad_scale = 0.5
-    for s, factor in ((a, 1.0), (b, 8.0)):
+    for s, factor, scale in ((a, 1.0, 1.0), (b, 8.0, 0.5)):
         s.net.forward()
         s.net.backward()
         s.net.arena.diff *= factor  # as if summed over 2 ranks and 4 accumulations
-        s.update()
+        s.update(scale=scale)
     np.testing.assert_allclose(a.net.arena.data, b.net.arena.data, rtol=1e-6)
 
 
@@ -194,13 +194,13 @@ def test_snapshot_of_another_net_is_refused(tmp_path):
     path = s.snapshot(str(tmp_path / 'a'))
     other = get_solver(proto.parse(solver_text().replace('num_output: 5', 'num_output: 7'),
                                    schema.SolverParameter))
-    with pytest.raises(SolverError, match=r'fc1/0: file has shape \(5, 4\), net has \(7, 4\)'):
+    with pytest.raises(SnapshotError, match=r'fc1/0: file has shape \(5, 4\), net has \(7, 4\)'):
         other.restore(path)
-    with pytest.raises(SolverError, match='no such snapshot file'):
+    with pytest.raises(SnapshotError, match='no such snapshot file'):
         other.restore(str(tmp_path / 'missing.solverstate.npz'))
     weights = str(tmp_path / 'a_iter_0.weights.npz')
     renamed = get_solver(proto.parse(solver_text().replace('"fc2"', '"fc9"'), schema.SolverParameter))
-    with pytest.raises(SolverError, match='fc2/0: in the file, not in the net'):
+    with pytest.raises(SnapshotError, match='fc2/0: in the file, not in the net'):
         load_weights(renamed.net, weights, strict=True)
     load_weights(renamed.net, weights)  # fine-tuning: fc9 keeps its own initial values
 

@@ -24,12 +24,13 @@ class AsyncLayerwise(AllreduceStrategy):
     def end_iteration(self):
         s = self.solver
         if self.comm is None:
-            s.update()
+            s.update(scale=self.grad_scale)
             return
         if s.needs_all_gradients:
             with self.span('wait all'):
                 self.comm.wait_all()
-        s.begin_update()   # fixes this iteration's learning rate for the deferred updates
+        # Fixes this iteration's learning rate for the deferred updates.
+        s.begin_update(scale=self.grad_scale)
         self.pending = set(range(len(self.buckets)))
 
     def before_forward(self, i):

@@ -1,10 +1,12 @@
 """The Strategy contract: four hooks around one training iteration.
 
-The trainer runs, for every iteration::
+Every iteration runs through ``Solver.step``::
 
     net.forward(before_layer=strategy.before_forward)   # before_forward(i)
+    strategy.end_forward()                              # (once per iter_size pass)
     net.backward(after_layer=strategy.after_backward)   # after_backward(i)
     strategy.end_iteration()
+    solver.iter += 1
 
 A strategy owns everything between a layer's gradient and its next use:
 posting communication, waiting, and calling the solver's ``begin_update`` /
@@ -66,6 +68,9 @@ class Strategy:
     def before_forward(self, i):
         """Layer ``i`` is about to run forward."""
 
+    def end_forward(self):
+        """The forward pass is done (every ``iter_size`` pass)."""
+
     def after_backward(self, i):
         """Layer ``i``'s gradients are complete (last accumulation pass only)."""
 
@@ -115,7 +120,9 @@ class AllreduceStrategy(Strategy):
 
     ``comm_settings`` go to ``layerasync.comm.mpi.Communicator`` (fusion_bytes,
     chunk_bytes, max_in_flight, priority, progress). Subclasses post buckets
-    with ``post_completed(i)`` from ``after_backward`` and choose when to wait.
+    from ``after_backward`` and choose when to wait. A reduced bucket holds
+    the *sum* over ranks: updates pass ``scale=self.grad_scale`` (1/P) to the
+    solver, which folds it into the update kernel.
     """
     gradient_sets = 1   # gradient buffers held (delayed:K holds K + 1)
 
@@ -135,7 +142,7 @@ class AllreduceStrategy(Strategy):
             self.buckets = self.comm.buckets
             # A bucket is complete once its last layer in backward order is.
             self.trigger = {b.layers[-1]: b.index for b in self.buckets}
-        self.solver.grad_scale = 1.0 / self.size
+        self.grad_scale = 1.0 / self.size
 
     def parse_argument(self, argument):
         """Subclasses with ``takes_argument`` read ``name:argument`` here."""

@@ -65,7 +65,8 @@ class Delayed(AllreduceStrategy):
                     for b in range(len(self.buckets)):
                         self.comm.wait(b, generation)
             with self.span(f'update g({old})'):
-                s.update(self.buffers[old % self.gradient_sets])   # also zeroes that set
+                # The update also zeroes that set for the iteration that writes it next.
+                s.update(self.buffers[old % self.gradient_sets], scale=self.grad_scale)
         self.net.arena.use_diff(self.buffers[(t + 1) % self.gradient_sets])
 
     def finish(self):

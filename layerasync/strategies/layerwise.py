@@ -26,15 +26,15 @@ class Layerwise(AllreduceStrategy):
     def end_iteration(self):
         s, comm = self.solver, self.comm
         if comm is None:
-            s.update()
+            s.update(scale=self.grad_scale)
             return
         if self.argument == 'all' or s.needs_all_gradients:
             with self.span('wait all'):
                 comm.wait_all()
             with self.span('update all'):
-                s.update()
+                s.update(scale=self.grad_scale)
             return
-        s.begin_update()
+        s.begin_update(scale=self.grad_scale)
         pending = list(range(len(self.buckets)))
         while pending:
             with self.span('wait', bucket=pending[0] if self.argument == 'ordered' else None):

@@ -13,7 +13,7 @@ answer carries that count (+1).
 
 ``ps-sync``: once every worker's gradient of clock c is in, sum them in worker
 order and call ``Solver.update_slice`` at the learning rate of c
-(``grad_scale`` = 1/W); send the new weights to every worker from the arena.
+(``scale`` = 1/W); send the new weights to every worker from the arena.
 
 ``ps-async`` splits Caffe's SGD step h' = m h + r (g + d w), w' = w - h'
 (r = lr(c) lr_mult, d = weight_decay decay_mult, g the workers' mean
@@ -68,7 +68,7 @@ class ParameterServer:
         self.sends = {}                                  # (piece, worker) -> last answer's requests
         self.request = np.zeros(2, np.int64)             # [kind, worker] of a control message
         self.requests, self.keys, self.slot = [], [], {}
-        solver.grad_scale = 1.0 / self.workers
+        self.grad_scale = 1.0 / self.workers
 
     def start(self):
         """Collective over the job: the start-up checks, then rank 0's state."""
@@ -179,7 +179,7 @@ class SyncServer(ParameterServer):
         for j in range(1, self.workers):
             grad += self.grad[p, j]
         s.iter = clock
-        s.begin_update()
+        s.begin_update(scale=self.grad_scale)
         s.update_slice(piece.view, *self.layout.rule[p])
         self._span('compute', f'update {self.layout.name[p]}', start, clock, piece=p)
         for j in range(self.workers):

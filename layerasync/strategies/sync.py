@@ -22,4 +22,4 @@ class Sync(AllreduceStrategy):
                 self.post_all()
                 self.comm.wait_all()
         with self.span('update all'):
-            self.solver.update()
+            self.solver.update(scale=self.grad_scale)

@@ -145,7 +145,8 @@ def stale_sgd(model, batch, delay, iters, momentum):
                 g = queue.popleft()
                 rate = p.base_lr * (1 + p.gamma * t) ** -p.power
                 for i in net.param_layers:
-                    for view, lr_mult, decay_mult in solver._plan[i]:
+                    for view, lr_mult, decay_mult in ((s.view, s.lr_mult, s.decay_mult)
+                                                     for s in solver.slots_of[i]):
                         h[view] = momentum * h[view] + rate * lr_mult * (
                             g[view] + p.weight_decay * decay_mult * w[view])
                         w[view] -= h[view]
