@@ -17,6 +17,7 @@ import numpy as np
 
 from . import proto, schema
 from .blob import Arena, Blob
+from .data.sampler import BatchContext
 from .layers import LAYERS, NetError
 from .proto import Message
 
@@ -155,9 +156,13 @@ class Net:
 
     ``Net(path_or_text, phase=TRAIN, dtype=np.float32, seed=0)``; ``phase``
     may also be given as pycaffe's positional second argument. ``seed`` fixes
-    the weight fillers and every layer's random stream (dropout). ``data``
-    (a ``layerasync.data.DataOptions``: rank shard, synthetic data, ...) is
-    handed to every layer as ``layer.data_options`` before its setup.
+    the weight fillers (``layer.rng``, the same on every rank) and the keys of
+    the per-sample draws (dropout masks). ``data`` (a
+    ``layerasync.data.DataOptions``: rank shard, synthetic data, ...) is
+    handed to every layer as ``layer.data_options`` before its setup, and
+    ``batch`` (a ``BatchContext``: the stream positions of the samples of the
+    current forward pass, published by the Data and Input layers) as
+    ``layer.batch``.
     """
 
     def __init__(self, source, phase=TRAIN, dtype=np.float32, seed=0, stages=(), level=0,
@@ -181,10 +186,11 @@ class Net:
 
         self.layers, self.blobs = [], OrderedDict()
         self.bottom_vecs, self.top_vecs, self.bottom_names, self.top_names = [], [], [], []
+        self.batch = BatchContext(seed)
         seq = np.random.SeedSequence(seed)
         for i, (spec, child) in enumerate(zip(specs, seq.spawn(len(specs)))):
             layer = LAYERS[spec.type](spec, phase, self.dtype, np.random.default_rng(child))
-            layer.data_options = data
+            layer.data_options, layer.batch = data, self.batch
             self._connect(layer, spec)
             self.layers.append(layer)
             layer.setup(self.bottom_vecs[i], self.top_vecs[i])
@@ -334,7 +340,9 @@ class Net:
 
         ``inputs`` are copied into the named input blobs first (pycaffe's
         ``net.forward(data=...)``); ``blobs`` lists extra blobs to return;
-        ``start``/``end`` are layer names bounding the pass.
+        ``start``/``end`` are layer names bounding the pass. A pass from the
+        first layer is a new batch (``batch.begin_pass()``); one that starts
+        further down works on the samples of the last one.
         """
         for name, value in inputs.items():
             if name not in self.blobs:
@@ -348,6 +356,8 @@ class Net:
         first = self._index(start, 0)
         last = self._index(end, len(self.layers) - 1)
         shapes = self._bottom_shapes
+        if first == 0:
+            self.batch.begin_pass()
         for i in range(first, last + 1):
             if before_layer is not None:
                 before_layer(i)

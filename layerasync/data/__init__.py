@@ -21,15 +21,18 @@ transformed batches; the ``Data`` layer is a thin shell around it.
 Sharding: P ranks at batch B read, for global batch t, the stream positions
 ``[t*P*B, (t+1)*P*B)`` of the concatenated per-epoch permutations, rank r the
 slice ``[r*B, (r+1)*B)`` of them: together exactly what one rank at batch P*B
-reads. See ``sampler``.
+reads. See ``sampler``, which also holds the ``BatchContext`` through which a
+net's layers learn the stream positions of the samples they work on.
 """
 from .dataset import Dataset, Prefetcher
 from .options import DataError, DataOptions
-from .sampler import ShardSampler, keyed_bits
+from .sampler import (BatchContext, ShardSampler, first_position, keyed_bits, named_stream,
+                      stream_key)
 from .sources import (SOURCE_FORMS, ArraySource, Source, SyntheticSource, open_source,
                       read_idx)
 from .transform import Transform, read_blobproto, read_mean_file
 
 __all__ = ['DataOptions', 'DataError', 'Dataset', 'Prefetcher', 'ShardSampler', 'keyed_bits',
+           'BatchContext', 'first_position', 'stream_key', 'named_stream',
            'Source', 'ArraySource', 'SyntheticSource', 'open_source', 'read_idx', 'SOURCE_FORMS',
            'Transform', 'read_mean_file', 'read_blobproto']

@@ -36,7 +36,8 @@ class Dataset:
 
     ``next(data, label)`` writes batch ``self.batch`` — a pure function of
     (seed, rank, batch) — into ``data`` (``self.shape``, ``dtype``) and
-    ``label`` ((B,), or None), then advances. With ``options.prefetch`` the
+    ``label`` ((B,), or None), advances, and returns the stream position of
+    the batch's first sample (its B samples are consecutive in the stream). With ``options.prefetch`` the
     next batch is prepared in a daemon thread meanwhile; ``close()`` stops it
     (later batches are then prepared in the caller's thread).
     """
@@ -73,7 +74,8 @@ class Dataset:
                 np.empty(self.batch_size, self.dtype))
 
     def next(self, data, label=None):
-        """Write batch ``self.batch`` into ``data`` and ``label``, then advance."""
+        """Write batch ``self.batch`` into ``data`` and ``label``, advance; the
+        stream position of its first sample."""
         if self._prefetcher is not None:
             _, ready_data, ready_label = self._prefetcher.get(self.batch)
             data[...] = ready_data
@@ -82,6 +84,7 @@ class Dataset:
         else:
             self._fill(self.batch, self._images, data, label)
         self.batch += 1
+        return self.sampler.first_position(self.batch - 1)
 
     def state_dict(self):
         """What resumes the stream exactly: the batch counter (and a consistency check)."""

@@ -20,10 +20,18 @@ layers with ``inplace = True``.
 
 Layers must raise ``LayerError`` (through ``self.error``) for bad parameters or
 shapes, so the message names the layer, its type and its prototxt line.
+
+Randomness: ``self.rng`` (seeded from the net's seed, the same on every rank)
+is for the weight fillers only. Noise drawn per sample during forward
+(dropout) is keyed by the samples' stream positions, read from
+``self.batch`` (a ``BatchContext``, shared by the net's layers), so that it
+does not depend on how a global batch is split between ranks.
 """
 import math
 
 import numpy as np
+
+from ..data.sampler import BatchContext
 
 __all__ = ['Layer', 'LayerError', 'NetError', 'register', 'LAYERS', 'fill', 'canonical_axis']
 
@@ -64,6 +72,8 @@ class Layer:
         self.blobs = []
         self.param_propagate_down = []
         self.data_options = None  # set by the Net: rank shard and data settings
+        # Replaced by the Net's own: the stream positions of the current batch.
+        self.batch = BatchContext()
         # Set by the Net (``set_progress``): long layers call it between chunks
         # of their work, so that in-flight communication is not starved when
         # MPI only progresses inside MPI calls. None: nothing to call.

@@ -1,11 +1,25 @@
-"""Input (tops the user fills) and Data (batches from a data set, sharded by rank)."""
-from ..data import DataError, Dataset
+"""Input (tops the user fills) and Data (batches from a data set, sharded by rank).
+
+Both are source layers: each forward publishes, on the net's ``BatchContext``
+(``self.batch``), the stream positions of the samples it produced, which key
+the per-sample random draws of the layers below (dropout masks).
+"""
+import numpy as np
+
+from ..data import DataError, Dataset, first_position
 from .base import Layer, register
 
 
 @register
 class Input(Layer):
-    """``input_param { shape { dim: ... } }``: one shape per top, or one for all."""
+    """``input_param { shape { dim: ... } }``: one shape per top, or one for all.
+
+    The samples of the k-th forward are taken to be the k-th batch of the
+    shared sample stream, of which this rank holds its part (``rank`` and
+    ``world_size`` from ``self.data_options``): for N = ``top[0]``'s axis 0,
+    the positions ``(k * world_size + rank) * N + n`` (one process:
+    ``k * N + n``), as a Data layer's would be. ``state_dict()`` holds k.
+    """
     type = 'Input'
     param_field = 'input_param'
     num_bottom = (0, 0)
@@ -20,12 +34,29 @@ class Input(Layer):
             self.check(all(d > 0 for d in dims),
                        f"input '{blob.name}' shape {dims}: dimensions must be positive")
             blob.reshape(dims)
+        self.passes = 0
 
     def reshape(self, bottom, top):
         """Shapes stay as set up, or as the user reshaped the blobs (pycaffe style)."""
 
     def forward(self, bottom, top):
-        """The data is already in the tops."""
+        """The data is already in the tops; publish its stream positions."""
+        options = self.data_options
+        rank, size = (options.rank, options.world_size) if options is not None else (0, 1)
+        count = top[0].shape[0] if top[0].shape else 1
+        self.batch.publish(self, first_position(self.passes, count, rank, size), count)
+        self.passes += 1
+
+    def state_dict(self):
+        """``{'batch'}``: the number of forward passes so far (int64), for snapshots."""
+        return {'batch': np.array(self.passes, np.int64)}
+
+    def load_state_dict(self, state):
+        batch = np.asarray(state.get('batch', -1))
+        self.check(batch.shape == () and batch.dtype.kind in 'iu' and batch >= 0,
+                   f"state 'batch' must be a non-negative integer (the dict state_dict() "
+                   f"returned), got {state.get('batch')!r}")
+        self.passes = int(batch)
 
 
 @register
@@ -38,7 +69,9 @@ class Data(Layer):
     The rank, seed and other run settings come from ``self.data_options``
     (a ``DataOptions``; None: defaults). Batch t is a pure function of
     (seed, rank, t), so ``state_dict()`` — the batch counter — is all a
-    snapshot needs. ``close()`` stops the prefetch thread.
+    snapshot needs; its samples are stream positions ``(t * world_size +
+    rank) * B + n`` (see ``layerasync.data.sampler``). ``close()`` stops the
+    prefetch thread.
     """
     type = 'Data'
     param_field = 'data_param'
@@ -77,9 +110,10 @@ class Data(Layer):
 
     def forward(self, bottom, top):
         try:
-            self.dataset.next(top[0].data, top[1].data if len(top) > 1 else None)
+            first = self.dataset.next(top[0].data, top[1].data if len(top) > 1 else None)
         except DataError as e:
             raise self.error(str(e)) from None
+        self.batch.publish(self, first, self.param.batch_size)
 
     def state_dict(self):
         """``{'batch', 'global_batch_size'}``: int64 arrays, for snapshots."""

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..kernels import neuron as K
+from ..kernels import random as R
 from .base import Layer, register
 
 
@@ -62,7 +63,15 @@ class TanH(_Neuron):
 class Dropout(_Neuron):
     """Caffe's dropout: in TRAIN keep each unit with probability 1 - ratio and
     scale kept units by 1 / (1 - ratio) (``scale_train``); in TEST pass through
-    (or, with ``scale_train: false``, scale by 1 - ratio)."""
+    (or, with ``scale_train: false``, scale by 1 - ratio).
+
+    Axis 0 of the bottom is the batch. The mask of a sample is a pure function
+    of (seed, layer name, the sample's stream position, element index) — see
+    ``BatchContext`` and ``kernels.random`` — so P ranks at batch B draw
+    exactly the masks one process draws at batch P * B, ranks draw different
+    masks, and resuming needs no random state. Backward reuses the mask of
+    the last forward.
+    """
     type = 'Dropout'
     param_field = 'dropout_param'
 
@@ -71,22 +80,23 @@ class Dropout(_Neuron):
         self.check(0.0 <= ratio < 1.0, f'dropout_ratio must be in [0, 1), got {ratio}')
         self.ratio = ratio
         self.scale = 1.0 / (1.0 - ratio) if self.param.scale_train else 1.0
-        self.uniform = np.empty(0, np.float32)
+        # Dropped when a draw's top 32 bits fall below ratio * 2**32.
+        self.threshold = np.uint64(round(ratio * 2 ** 32))
+        self.key = self.batch.key(self.name)
         self.mask = np.empty(0, self.dtype)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         if self.mask.size != bottom[0].count:
-            self.uniform = np.empty(bottom[0].count, np.float32)
             self.mask = np.empty(bottom[0].count, self.dtype)
 
     def forward(self, bottom, top):
         x, y = _flat(bottom[0].data), _flat(top[0].data)
         if self.phase == 'TRAIN':
-            self.rng.random(out=self.uniform, dtype=np.float32)
-            np.less(self.uniform, 1.0 - self.ratio, out=self.mask, casting='unsafe')
-            self.mask *= self.scale
-            np.multiply(x, self.mask, out=y)
+            n = bottom[0].shape[0] if bottom[0].shape else 1
+            first = self.batch.first_position(self, n)
+            R.dropout_forward(x.reshape(n, -1), self.key, first, self.threshold, self.scale,
+                              self.mask.reshape(n, -1), y.reshape(n, -1))
         elif self.param.scale_train:
             if top[0] is not bottom[0]:
                 y[...] = x
