@@ -194,7 +194,9 @@ class AllreduceStrategy(Strategy):
         return {'strategy': self.name, 'argument': getattr(self, 'argument', None),
                 **update_rule(self.solver),
                 'batch': [tuple(net_blob.shape) for net_blob in self.net.blobs.values()][:1],
-                'ranks': self.size, **self.comm_settings}
+                'ranks': self.size,
+                # What is in force (a progress engine that fell back is seen), not what was asked.
+                **(self.comm.settings if self.comm is not None else self.comm_settings)}
 
     def close(self):
         if self.comm is not None:
