@@ -2,8 +2,8 @@
 
     .venv/bin/python experiments/delay_stability.py
 
-On a quadratic f(w) = lambda w^2 / 2 with step a = lr * lambda, delayed SGD
-with momentum m is the linear recurrence
+On a quadratic f(w) = kappa w^2 / 2 (curvature kappa) with a = lr * kappa,
+delayed SGD with momentum m is the linear recurrence
 
     w(t+1) - w(t) = m (w(t) - w(t-1)) - a w(t-K)
 
@@ -57,8 +57,9 @@ MOMENTA = (0.0, 0.5, 0.9)
 
 
 def main():
-    print('largest stable a = lr * lambda on a quadratic, gradients K iterations late;')
-    print('a / (1 - m) is the same limit in units of the effective step lr * lambda / (1 - m)')
+    print('largest stable a = lr * kappa on a quadratic of curvature kappa, gradients K '
+          'iterations late;')
+    print('a / (1 - m) is the same limit in units of the effective step lr * kappa / (1 - m)')
     high = MOMENTA[-1]
     print(f"{'K':>3} {'Levin-May':>10} |"
           + ''.join(f"{f'a, m = {m:g}':>12}" for m in MOMENTA) + f"{f'(1-{high:g})/K':>12} |"
