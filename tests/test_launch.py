@@ -425,16 +425,19 @@ def test_cli_input_errors(mpirun):
         run_cli('launch', '--emulated', '--fabric', 'ib', '--mpi', 'openmpi', '--', 'train')
     with pytest.raises(SystemExit):     # argparse: not a choice
         run_cli('launch', '--mpi', 'lam', '--', 'train')
-    with pytest.raises(ValueError, match="--bandwidth 'fast'"):
-        cluster.parse_rate('fast')
+    with pytest.raises(SystemExit):     # argparse: no --bandwidth
+        run_cli('cluster', 'up', '--hosts', '2')
 
 
-def test_rates():
-    assert cluster.parse_rate('1gbit') == 1e9
-    assert cluster.parse_rate('100Mbit') == 1e8
-    assert cluster.parse_rate('125mbps') == 1e9     # tc's bps is bytes per second
-    with pytest.raises(ValueError, match='at least 1kbit'):
-        cluster.parse_rate('10bit')
+@pytest.mark.parametrize('rate, message', [
+    ('fast', "--bandwidth 'fast': expected a number and a unit"),
+    ('1gbps', "--bandwidth '1gbps' is ambiguous: tc reads gbps as bytes per second"),
+    ('10bit', "--bandwidth '10bit': must be at least 1kbit"),
+])
+def test_cluster_up_checks_the_rate_before_anything_else(rate, message, monkeypatch, tmp_path):
+    monkeypatch.setattr(shutil, 'which', lambda name: pytest.fail('looked for the tools'))
+    with pytest.raises(ValueError, match=message):
+        run_cli('cluster', 'up', '--hosts', '2', '--bandwidth', rate)
 
 
 # -- the emulated cluster -----------------------------------------------------------------------
@@ -616,3 +619,25 @@ def test_a_failed_cluster_up_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         cluster.up(2, '1gbit', subnet=SUBNET, prefix=PREFIX, state_file=state_file)
     assert our_objects() == [] and not os.path.exists(state_file)
+
+
+def test_tc_shapes_to_the_rate_as_read_in_bits(tmp_path):
+    """125MBps is a byte rate: tc must be given (and report) 1 Gbit/s, not 125 Mbit/s."""
+    missing = _emulation_missing()
+    if missing:
+        pytest.skip(f'the emulated cluster {missing}')
+    if our_objects():
+        pytest.skip(f'namespaces or links named {PREFIX}-* exist already: {our_objects()}')
+    state_file = str(tmp_path / 'run' / 'cluster.json')
+    try:
+        state = cluster.up(1, '125MBps', subnet=SUBNET, prefix=PREFIX, state_file=state_file)
+        qdisc = json.loads(subprocess.run(
+            ['tc', '-n', f'{PREFIX}-host0', '-j', 'qdisc', 'show', 'dev', 'eth0'],
+            capture_output=True, text=True, check=True).stdout)
+        tbf = next(q for q in qdisc if q['kind'] == 'tbf')
+        assert tbf['options']['rate'] == 125_000_000     # tc's JSON: bytes per second
+        assert state['bits_per_second'] == 1e9
+        assert '1 Gbit/s = 125 MB/s egress per host' in cluster.format_status(state, [])
+    finally:
+        if cluster.load(state_file) is not None:
+            cluster.down(state_file)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from ..units import RATE_SPELLINGS, format_rate
 from . import cluster, mpi
 from .command import LAUNCHERS, build_command, layerasync_program
 from .emulated import emulated_command
@@ -76,7 +77,9 @@ def add_commands(subparsers):
     a = actions.add_parser('up', help='create N hosts whose links run at RATE (needs root)')
     a.add_argument('--hosts', type=_positive, required=True, metavar='N')
     a.add_argument('--bandwidth', required=True, metavar='RATE',
-                   help='egress rate of each host, in tc units: 1gbit, 100mbit, 10gbit')
+                   help=f'egress rate of each host: {RATE_SPELLINGS}; 1gbps and 100mbps are '
+                        "refused as ambiguous (tc's bps is bytes per second, common usage's "
+                        'bits per second)')
     a.add_argument('--latency-free', action='store_true',
                    help='state that links add no propagation delay (only bandwidth is shaped)')
     a.add_argument('--subnet', default=cluster.DEFAULT_SUBNET,
@@ -151,7 +154,8 @@ def cmd_cluster(args):
     if args.action == 'up':
         state = cluster.up(args.hosts, args.bandwidth, args.latency_free, args.subnet,
                            warn=_warn)
-        print(f"emulated cluster up: {args.hosts} hosts, {args.bandwidth} per host "
+        print(f"emulated cluster up: {args.hosts} hosts, "
+              f"{format_rate(state['bits_per_second'] / 8)} per host "
               f"(tbf burst {state['burst']})")
         for i, m in enumerate(state['hosts']):
             print(f"  host {i}: {m['address']} in namespace {m['netns']}")

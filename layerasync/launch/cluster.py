@@ -6,7 +6,9 @@ i+1 of the subnet, default 10.77.0.0/24) is one end of a veth pair whose other
 end, ``{prefix}-host{i}`` in the root namespace, hangs on the bridge
 ``{prefix}-br``; its loopback is up. A token bucket on ``eth0`` shapes what the
 host sends to ``RATE``, so MPI traffic between hosts runs at that rate while
-each host keeps its own loopback. Only bandwidth is emulated: no propagation
+each host keeps its own loopback. ``RATE`` is spelled as ``layerasync.units``
+reads rates (``1gbit``, ``125MBps``; ``1gbps`` is refused as ambiguous) and
+handed to tc in bits per second. Only bandwidth is emulated: no propagation
 delay is added (that would take ``tc netem``).
 
 ``up`` records everything it creates, as it creates it, in a state file
@@ -28,15 +30,13 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ['DEFAULT_SUBNET', 'default_state_file', 'parse_rate', 'up', 'down', 'load',
+from ..units import format_rate, parse_rate
+
+__all__ = ['DEFAULT_SUBNET', 'default_state_file', 'up', 'down', 'load',
            'link_counters', 'format_status']
 
 DEFAULT_SUBNET = '10.77.0.0/24'
 MIN_BURST = 128 * 1024   # below this, tbf splits TSO segments and burns a core per link
-
-_RATE = re.compile(r'(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)', re.I)
-_UNITS = {'bit': 1, 'kbit': 1e3, 'mbit': 1e6, 'gbit': 1e9, 'tbit': 1e12,
-          'bps': 8, 'kbps': 8e3, 'mbps': 8e6, 'gbps': 8e9, 'tbps': 8e12}
 
 
 def default_state_file():
@@ -56,18 +56,6 @@ def _private(path):
     except OSError:
         return False
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
-def parse_rate(text):
-    """A tc rate (``1gbit``, ``100mbit``, ``125mbps`` = bytes/s) -> bits per second."""
-    m = _RATE.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"--bandwidth {text!r}: expected a tc rate such as 1gbit, 100mbit or "
-                         "10gbit (bit units), or 125mbps (bytes per second)")
-    bits = float(m[1]) * _UNITS[m[2].lower()]
-    if bits < 1e3:
-        raise ValueError(f'--bandwidth {text!r}: must be at least 1kbit')
-    return bits
 
 
 # -- running ip and tc -------------------------------------------------------------
@@ -139,14 +127,19 @@ def _record(state, kind, name, **identity):
 
 def up(hosts, bandwidth, latency_free=False, subnet=DEFAULT_SUBNET, prefix='la',
        state_file=None, warn=print):
-    """Create the cluster; returns its state. On failure, removes what it made."""
+    """Create the cluster; returns its state. On failure, removes what it made.
+
+    ``bandwidth``: each host's egress rate, as ``layerasync.units.parse_rate`` reads it.
+    """
+    rate_bits = 8 * parse_rate(bandwidth, '--bandwidth')
+    if rate_bits < 1e3:
+        raise ValueError(f"--bandwidth '{bandwidth}': must be at least 1kbit")
     paths = _tools()
     ip, tc = paths['ip'], paths['tc']
     state_file = state_file or default_state_file()
     if os.path.exists(state_file):
         raise RuntimeError(f'an emulated cluster is already up (state in {state_file}); '
                            'run `layerasync cluster down` first')
-    rate_bits = parse_rate(bandwidth)
     network = ipaddress.ip_network(subnet)
     if not network.is_private or network.version != 4:
         raise ValueError(f'--subnet {subnet}: use a private IPv4 subnet such as {DEFAULT_SUBNET}')
@@ -192,8 +185,8 @@ def up(hosts, bandwidth, latency_free=False, subnet=DEFAULT_SUBNET, prefix='la',
             _run([ip, '-n', ns, 'addr', 'add', address, 'dev', 'eth0'])
             _run([ip, '-n', ns, 'link', 'set', 'eth0', 'up'])
             _run([ip, '-n', ns, 'link', 'set', 'lo', 'up'])
-            _run([tc, '-n', ns, 'qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', bandwidth,
-                  'burst', state['burst'], 'latency', '50ms'])
+            _run([tc, '-n', ns, 'qdisc', 'add', 'dev', 'eth0', 'root', 'tbf',
+                  'rate', f'{round(rate_bits)}bit', 'burst', state['burst'], 'latency', '50ms'])
         _write_files(state)
     except BaseException:
         down(state_file, warn)    # whatever was recorded so far
@@ -285,8 +278,8 @@ def link_counters(state):
 
 def format_status(state, counters):
     lines = [f"emulated cluster: {len(state['hosts'])} hosts on {state['subnet']}, "
-             f"{state['bandwidth']} egress per host (tbf burst {state['burst']}), "
-             'no added propagation latency',
+             f"{format_rate(state['bits_per_second'] / 8)} egress per host (tbf burst "
+             f"{state['burst']}), no added propagation latency",
              f"{'host':>4}  {'namespace':<12} {'address':<15} {'tx bytes':>16} {'rx bytes':>16} "
              f"{'shaper drops':>12}"]
     for i, c in enumerate(counters):
