@@ -14,7 +14,7 @@ on that slice.
 """
 import numpy as np
 
-__all__ = ['Blob', 'Arena']
+__all__ = ['Blob', 'Arena', 'backward_layout']
 
 
 class Blob:
@@ -105,25 +105,39 @@ class Blob:
         return f'Blob({self.name!r}, shape={self._shape}, dtype={self.dtype.name})'
 
 
+def backward_layout(counts):
+    """The arenas' layout: ``counts`` maps a layer index to its number of
+    parameter values; returns ``[(layer, slice)]`` for the layers with
+    parameters in backward order (highest index first), each a contiguous
+    slice, packed from offset 0. The communicator's buckets and the simulator's
+    plan are cut from this list."""
+    segments, offset = [], 0
+    for layer in sorted(counts, reverse=True):
+        if counts[layer]:
+            segments.append((layer, slice(offset, offset + counts[layer])))
+            offset += counts[layer]
+    return segments
+
+
 class Arena:
     """Two flat arrays, ``data`` and ``diff``, holding a net's parameter blobs.
 
-    ``segments`` maps each owner (a layer index) to its contiguous slice; the
-    order of ``owners`` given at construction is the order in memory.
+    ``segments`` maps each parameter layer (its index) to its contiguous
+    slice, in memory order: ``backward_layout``'s.
     """
 
     def __init__(self, owners, dtype=np.float32):
-        """owners: list of (key, [Blob, ...]) in memory order."""
-        sizes = [sum(b.count for b in blobs) for _, blobs in owners]
-        total = int(sum(sizes))
+        """owners: (layer index, [Blob, ...]) pairs, in any order."""
+        blobs = dict(owners)
+        self.segments = dict(backward_layout({layer: sum(b.count for b in blobs[layer])
+                                              for layer in blobs}))
+        total = max((view.stop for view in self.segments.values()), default=0)
         self.data = np.zeros(total, dtype)
         self.diff = np.zeros(total, dtype)
-        self.segments = {}
         self.views = []   # (Blob, slice)
-        offset = 0
-        for (key, blobs), size in zip(owners, sizes):
-            self.segments[key] = slice(offset, offset + size)
-            for b in blobs:
+        for layer, segment in self.segments.items():
+            offset = segment.start
+            for b in blobs[layer]:
                 view = slice(offset, offset + b.count)
                 self.data[view] = b.data.reshape(-1)
                 b.bind(self.data[view].reshape(b.shape), self.diff[view].reshape(b.shape))

@@ -10,22 +10,19 @@ import math
 
 import pytest
 
+from layerasync.blob import backward_layout
+from layerasync.comm import DEFAULTS
 from layerasync.comm.buckets import make_buckets
 from layerasync.sim import Network, fabric, load_profile, make_plan, simulate
 from layerasync.sim.calibrate import fit_network, fit_report
 from layerasync.sim.cli import add_commands, parse_ranks
-from layerasync.sim.model import parse_bandwidth, parse_latency
-from layerasync.sim.schedule import Plan, iteration_ends, parse_strategy, steady_iteration
+from layerasync.sim.model import parse_latency
+from layerasync.sim.schedule import Plan, iteration_ends, modelled_strategy, steady_iteration
 
 
 def plan(forward, backward, update, counts, busy, latency=None, chunk_count=0, **kw):
     """A Plan over layers with ``counts[l]`` float32 parameters (arena in backward order)."""
-    segments, offset = [], 0
-    for layer in reversed(range(len(counts))):
-        if counts[layer]:
-            segments.append((layer, slice(offset, offset + counts[layer])))
-            offset += counts[layer]
-    buckets, chunks = make_buckets(segments, 0, 4 * chunk_count)
+    buckets, chunks = make_buckets(backward_layout(dict(enumerate(counts))), 0, 4 * chunk_count)
     n = len(chunks)
     return Plan(forward, backward, update, buckets, chunks,
                 chunk_busy_s=busy if isinstance(busy, list) else [busy] * n,
@@ -60,21 +57,14 @@ def test_network_rejects_nonsense():
         fabric('token-ring')
 
 
-@pytest.mark.parametrize('text, value', [('10Gbit', 1.25e9), ('10Gb/s', 1.25e9), ('10Gbps', 1.25e9),
-                                         ('1.25GB/s', 1.25e9), ('100MiB/s', 100 * 2 ** 20)])
-def test_parse_bandwidth(text, value):
-    assert parse_bandwidth(text) == pytest.approx(value)
-
-
 def test_parse_latency_and_ranks():
     assert parse_latency('2us') == pytest.approx(2e-6)
     assert parse_latency('0.5ms') == pytest.approx(5e-4)
     assert parse_ranks('2,4,8,...,256') == [2, 4, 8, 16, 32, 64, 128, 256]
     assert parse_ranks('1,3,9,...,81') == [1, 3, 9, 27, 81]
     assert parse_ranks('1,2,6') == [1, 2, 6]
-    for bad in ('3', '10G'):
-        with pytest.raises(ValueError):
-            (parse_latency if bad == '3' else parse_bandwidth)(bad)
+    with pytest.raises(ValueError, match="latency '3': expected a number and a unit"):
+        parse_latency('3')
     with pytest.raises(ValueError, match='doubling run'):
         parse_ranks('2,...,8')
 
@@ -182,12 +172,20 @@ def test_latencies_overlap_when_several_chunks_are_in_flight():
     assert steady_iteration(four, 'sync') == pytest.approx(5)
 
 
-def test_strategy_names():
-    assert parse_strategy('layerwise') == ('layerwise', 'all')
-    assert parse_strategy('delayed:3') == ('delayed', 3)
-    for bad in ('delayed', 'delayed:0', 'layerwise:random', 'sync:1', 'ps-sync'):
-        with pytest.raises(ValueError, match='is not one of'):
-            parse_strategy(bad)
+def test_strategy_names_are_the_trainers():
+    assert modelled_strategy('layerwise') == ('layerwise', 'all')
+    assert modelled_strategy('delayed:3') == ('delayed', 3)
+    for bad, message in [('delayed', 'delayed:K needs a delay K >= 1'),
+                         ('delayed:0', 'delayed:K needs a delay K >= 1'),
+                         ('layerwise:random', "apply order 'random' is not one of all, ordered"),
+                         ('sync:1', "strategy 'sync' takes no argument"),
+                         ('fastest', "unknown strategy 'fastest'"),
+                         ('ps-sync', "strategy 'ps-sync' is not modelled by the simulator; it "
+                                     'models sync, layerwise')]:
+        with pytest.raises(ValueError, match=message):
+            modelled_strategy(bad)
+        with pytest.raises(ValueError, match=message):
+            simulate(profile_dict(), fabric('shm'), [2], ['sync', bad], update_rate=1e9)
 
 
 # -- the API on a profile ----------------------------------------------------------
@@ -200,15 +198,21 @@ def profile_dict():
     return {'net': 'tiny', 'batch': 16, 'layers': layers}
 
 
+def test_layout_is_backward_order_packed():
+    assert backward_layout({0: 0, 1: 6, 2: 0, 3: 4}) == [(3, slice(0, 4)), (1, slice(4, 10))]
+    assert backward_layout({1: 6, 3: 4}) == backward_layout({3: 4, 1: 6})
+
+
 def test_plan_matches_the_arena_layout():
-    p = make_plan(profile_dict(), fabric('ib-edr'), 4, chunk_bytes=1 << 20, update_rate=1e9)
+    p = make_plan(profile_dict(), fabric('ib-edr'), 4, fusion_bytes=0, chunk_bytes=1 << 20,
+                  update_rate=1e9)
     # Arena in backward order: fc (4 chunks of 1 MB) then conv (1 chunk).
     assert [b.layers for b in p.buckets] == [[3], [1]]
     assert [c.priority for c in p.chunks] == [(3, 0), (3, 1), (3, 2), (3, 3), (1, 0)]
     assert p.update_s == pytest.approx([0, (1 << 20) / 1e9, 0, (4 << 20) / 1e9])
     assert p.compute_s == pytest.approx(22.1e-3 + (5 << 20) / 1e9)
-    faster = make_plan(profile_dict(), fabric('ib-edr'), 4, chunk_bytes=1 << 20, update_rate=1e9,
-                       compute_speedup=2)
+    faster = make_plan(profile_dict(), fabric('ib-edr'), 4, fusion_bytes=0, chunk_bytes=1 << 20,
+                       update_rate=1e9, compute_speedup=2)
     assert faster.compute_s == pytest.approx(p.compute_s / 2)
     assert faster.chunk_busy_s == p.chunk_busy_s
 
@@ -227,6 +231,21 @@ def test_plan_buckets_are_the_communicators():
     real, _ = make_buckets(list(net.arena.segments.items()), **settings)
     modelled = make_plan(profile, fabric('shm'), 2, update_rate=1e9, **settings).buckets
     assert real == modelled
+
+
+def test_defaults_are_the_trainers(tmp_path):
+    """make_plan and the command default to layerasync.comm.DEFAULTS, not to their own."""
+    profile = profile_dict()
+    settings = dict(fusion_bytes=DEFAULTS['fusion_bytes'], chunk_bytes=DEFAULTS['chunk_bytes'],
+                    in_flight=DEFAULTS['max_in_flight'],
+                    scheduler='priority' if DEFAULTS['priority'] else 'fifo')
+    assert make_plan(profile, fabric('shm'), 2, update_rate=1e9) == \
+        make_plan(profile, fabric('shm'), 2, update_rate=1e9, **settings)
+    top = argparse.ArgumentParser()
+    add_commands(top.add_subparsers(dest='command'))
+    args = top.parse_args(['sim', '--profile', 'p.json'])
+    assert dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
+                in_flight=args.in_flight, scheduler=args.scheduler) == settings
 
 
 def test_simulate_trends():
@@ -257,7 +276,7 @@ def test_cli_table_and_csv(tmp_path, capsys):
     add_commands(top.add_subparsers(dest='command'))
     out = tmp_path / 'sim.csv'
     args = top.parse_args(['sim', '--profile', str(path), '--ranks', '1,2,4', '--fabric', '1gbe',
-                           '--strategy', 'sync,async-layerwise', '--update-gbps', '2',
+                           '--strategy', 'sync,async-layerwise', '--update-rate', '2GB/s',
                            '--csv', str(out)])
     args.run(args)
     printed = capsys.readouterr().out
@@ -278,10 +297,21 @@ def test_cli_reads_a_sweep_with_its_hook_overhead(tmp_path, capsys):
     top = argparse.ArgumentParser()
     add_commands(top.add_subparsers(dest='command'))
     args = top.parse_args(['sim', '--profile', str(tmp_path / 'tiny.json'), '--ranks', '2',
-                           '--network', str(tmp_path / 'sweep.json'), '--update-gbps', '2'])
+                           '--network', str(tmp_path / 'sweep.json'), '--update-rate', '2GB/s',
+                           '--bandwidth', '8gbit'])
     args.run(args)
     printed = capsys.readouterr().out
-    assert 'latency 5 us, bandwidth 2 GB/s' in printed and '50 us per layer hook' in printed
+    # --bandwidth overrides the fitted 2 GB/s; the fitted latency stays.
+    assert 'latency 5 us, bandwidth 1 GB/s (8 Gbit/s)' in printed
+    assert '50 us per layer hook' in printed and 'update 2 GB/s' in printed
+
+
+def test_cli_refuses_an_ambiguous_rate(capsys):
+    top = argparse.ArgumentParser()
+    add_commands(top.add_subparsers(dest='command'))
+    with pytest.raises(SystemExit):
+        top.parse_args(['sim', '--profile', 'p.json', '--bandwidth', '10gbps'])
+    assert "--bandwidth '10gbps' is ambiguous" in capsys.readouterr().err
 
 
 def test_load_profile_says_what_is_wrong(tmp_path):

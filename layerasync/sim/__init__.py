@@ -7,23 +7,28 @@
 Weak scaling: every rank keeps the profile's batch, so P ranks process P
 batches per iteration. For each P and strategy the model plays a steady-state
 iteration (``schedule``) with the same buckets and chunks as the real
-communicator (``layerasync.comm.buckets.make_buckets`` over the profile's
-parameter bytes in backward order) and per-chunk allreduce costs from the
-network model (``model``). What it cannot know is said in ``docs/simulator.md``.
+communicator (``layerasync.comm.buckets.make_buckets`` over the arena's
+layout, ``layerasync.blob.backward_layout``, of the profile's parameter bytes)
+and per-chunk allreduce costs from the network model (``model``). The
+communicator settings default to the trainer's (``layerasync.comm.DEFAULTS``),
+the strategies to ``layerasync.strategies.DEFAULT_STRATEGIES``. What the model
+cannot know is said in ``docs/simulator.md``.
 """
 import json
 import math
 from dataclasses import asdict, dataclass
 
+from ..blob import backward_layout
+from ..comm import DEFAULTS
 from ..comm.buckets import make_buckets
-from .model import ALGORITHMS, FABRICS, Network, fabric, parse_bandwidth, parse_latency
-from .schedule import Plan, parse_strategy, steady_iteration
+from ..strategies import DEFAULT_STRATEGIES
+from .model import ALGORITHMS, FABRICS, Network, fabric
+from .schedule import Plan, modelled_strategy, steady_iteration
 
 __all__ = ['load_profile', 'make_plan', 'simulate', 'Result', 'Network', 'fabric', 'FABRICS',
-           'ALGORITHMS', 'parse_bandwidth', 'parse_latency', 'DEFAULT_STRATEGIES']
+           'ALGORITHMS', 'DEFAULT_STRATEGIES', 'DEFAULT_SCHEDULER']
 
-DEFAULT_STRATEGIES = ('sync', 'layerwise', 'layerwise:ordered', 'layerwise:lazy',
-                      'async-layerwise', 'delayed:1', 'delayed:2')
+DEFAULT_SCHEDULER = 'priority' if DEFAULTS['priority'] else 'fifo'   # the trainer's
 ITEMSIZE = 4   # the arenas are float32
 # The priority scheduler's round vector: two int64 counters per chunk.
 ROUND_BYTES_PER_CHUNK = 16
@@ -58,8 +63,10 @@ class Result:
         return asdict(self)
 
 
-def make_plan(profile, network, ranks, fusion_bytes=0, chunk_bytes=0, in_flight=4,
-              scheduler='priority', update_rate=2.5e9, compute_speedup=1.0, hook_overhead=0.0):
+def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
+              chunk_bytes=DEFAULTS['chunk_bytes'], in_flight=DEFAULTS['max_in_flight'],
+              scheduler=DEFAULT_SCHEDULER, update_rate=2.5e9, compute_speedup=1.0,
+              hook_overhead=0.0):
     """The ``schedule.Plan`` of one rank of ``ranks``.
 
     ``update_rate``: parameter bytes per second of the solver update.
@@ -69,7 +76,8 @@ def make_plan(profile, network, ranks, fusion_bytes=0, chunk_bytes=0, in_flight=
     ``hook_overhead``: seconds of compute per layer hook that posts or
     progresses communication (the compute thread's share of communication,
     see ``schedule``); measured, not derived — 0 assumes it away.
-    fusion/chunk/in-flight/scheduler mean what ``layerasync train``'s flags do.
+    fusion/chunk/in-flight/scheduler mean what ``layerasync train``'s flags do,
+    and default to its defaults.
     """
     if compute_speedup <= 0:
         raise ValueError(f'compute_speedup must be positive, not {compute_speedup}')
@@ -80,13 +88,8 @@ def make_plan(profile, network, ranks, fusion_bytes=0, chunk_bytes=0, in_flight=
         if layer['param_bytes'] % ITEMSIZE:
             raise ValueError(f"layer {layer.get('name', '?')}: {layer['param_bytes']} parameter "
                              'bytes is not a whole number of float32 values')
-    # The arena: parameter layers in backward order, each a contiguous slice.
-    segments, offset = [], 0
-    for i in reversed(range(len(layers))):
-        count = layers[i]['param_bytes'] // ITEMSIZE
-        if count:
-            segments.append((i, slice(offset, offset + count)))
-            offset += count
+    segments = backward_layout({i: layer['param_bytes'] // ITEMSIZE
+                                for i, layer in enumerate(layers)})
     buckets, chunks = make_buckets(segments, fusion_bytes, chunk_bytes, ITEMSIZE)
     parts = [network.allreduce_parts((c.stop - c.start) * ITEMSIZE, ranks) for c in chunks]
     priority = scheduler == 'priority'
@@ -106,7 +109,7 @@ def make_plan(profile, network, ranks, fusion_bytes=0, chunk_bytes=0, in_flight=
 def simulate(profile, network, ranks, strategies=DEFAULT_STRATEGIES, **settings):
     """A ``Result`` per (P, strategy), P in ``ranks``; ``settings`` go to ``make_plan``."""
     for spec in strategies:
-        parse_strategy(spec)   # fail on a bad name before any work
+        modelled_strategy(spec)   # fail on a bad name before any work
     results = []
     for p in ranks:
         if p < 1:

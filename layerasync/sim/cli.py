@@ -5,20 +5,21 @@
 
 The network is a preset (``--fabric``), a fit to a measured allreduce sweep
 (``--network sweep.json`` from ``benchmarks/allreduce_sweep.py``), either of
-them adjusted by ``--bandwidth`` / ``--latency`` / ``--algorithm``.
+them adjusted by ``--bandwidth`` / ``--latency`` / ``--algorithm``. Rates are
+spelled as ``layerasync.units`` reads them (``10gbit``, ``1.25GB/s``).
 """
 import argparse
-import csv
 import math
 
-from . import (ALGORITHMS, DEFAULT_STRATEGIES, FABRICS, fabric, load_profile, make_plan,
-               parse_bandwidth, parse_latency, simulate)
+from ..bench import write_csv
+from ..comm import DEFAULTS
+from ..units import RATE_SPELLINGS, parse_rate
+from . import (ALGORITHMS, DEFAULT_SCHEDULER, DEFAULT_STRATEGIES, FABRICS, fabric, load_profile,
+               make_plan, simulate)
 from .calibrate import fit_network, fit_report, load_sweep, measure_update_rate
+from .model import parse_latency
 
 __all__ = ['add_commands', 'parse_ranks']
-
-COLUMNS = ('ranks', 'strategy', 'iteration_ms', 'compute_ms', 'comm_ms', 'exposed_ms',
-           'overlap', 'speedup', 'efficiency')
 
 
 def parse_ranks(text):
@@ -43,11 +44,11 @@ def parse_ranks(text):
     return ranks
 
 
-def _argument(parse):
-    """``parse`` as an argparse type: its ValueError message shown as the error."""
+def _argument(parse, *args):
+    """``parse(text, *args)`` as an argparse type: its ValueError message shown as the error."""
     def convert(text):
         try:
-            return parse(text)
+            return parse(text, *args)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     convert.__name__ = parse.__name__
@@ -68,31 +69,40 @@ def add_commands(subparsers):
                    help='nominal interconnect preset (default ib-edr)')
     g.add_argument('--network', metavar='SWEEP.json',
                    help='fit latency and bandwidth to an allreduce sweep instead of a preset')
-    g.add_argument('--bandwidth', type=_argument(parse_bandwidth), metavar='RATE',
-                   help='link bandwidth, e.g. 10Gbit or 1.25GB/s (overrides the preset/fit)')
+    g.add_argument('--bandwidth', type=_argument(parse_rate, '--bandwidth'), metavar='RATE',
+                   help=f'link bandwidth (overrides the preset/fit): {RATE_SPELLINGS}; 10gbps '
+                        'is refused as ambiguous (tc reads bytes, common usage bits)')
     g.add_argument('--latency', type=_argument(parse_latency), metavar='TIME',
                    help='latency per message step, e.g. 2us (overrides the preset/fit)')
     g.add_argument('--algorithm', choices=ALGORITHMS, help='allreduce algorithm (default ring)')
-    g.add_argument('--reduce-gbps', type=float, metavar='GB/s',
-                   help='reduction arithmetic rate (gamma = 1/rate; default: none, or folded '
-                        'into the fitted bandwidth with --network)')
+    g.add_argument('--reduce-rate', type=_argument(parse_rate, '--reduce-rate'), metavar='RATE',
+                   help='reduction arithmetic rate, e.g. 5GB/s (gamma = 1/rate; default: none, '
+                        'or folded into the fitted bandwidth with --network)')
     g = p.add_argument_group('compute')
-    g.add_argument('--update-gbps', type=float, metavar='GB/s',
-                   help='solver update rate in parameter GB/s (default: measured here)')
+    g.add_argument('--update-rate', type=_argument(parse_rate, '--update-rate'), metavar='RATE',
+                   help='solver update rate in parameter bytes, e.g. 2.7GB/s (default: '
+                        'measured here)')
     g.add_argument('--compute-speedup', type=float, default=1.0, metavar='S',
                    help='what if a rank computed S times faster than the profiled process '
                         '(e.g. a many-core node); divides forward, backward and update times')
     g.add_argument('--hook-overhead', type=_argument(parse_latency), metavar='TIME',
                    help='compute time per layer hook that drives communication, e.g. 50us '
                         '(default: the sweep\'s hook_overhead_s with --network, else 0)')
-    g = p.add_argument_group('strategies and communicator (as `layerasync train`)')
+    g = p.add_argument_group('strategies and communicator (as `layerasync train`, with its '
+                             'defaults)')
     g.add_argument('--strategy', action='append', metavar='S',
                    help='strategy to model (repeat or comma-separate; default: '
                         f"{', '.join(DEFAULT_STRATEGIES)})")
-    g.add_argument('--fusion-bytes', type=int, default=0, metavar='N')
-    g.add_argument('--chunk-bytes', type=int, default=0, metavar='N')
-    g.add_argument('--in-flight', type=int, default=4, metavar='N')
-    g.add_argument('--scheduler', choices=['fifo', 'priority'], default='priority')
+    g.add_argument('--fusion-bytes', type=int, default=DEFAULTS['fusion_bytes'], metavar='N',
+                   help='fuse layers into buckets of at least N bytes (0: one per layer; '
+                        'default %(default)s)')
+    g.add_argument('--chunk-bytes', type=int, default=DEFAULTS['chunk_bytes'], metavar='N',
+                   help='cut buckets into chunks of at most N bytes (0: no cutting; '
+                        'default %(default)s)')
+    g.add_argument('--in-flight', type=int, default=DEFAULTS['max_in_flight'], metavar='N',
+                   help='at most N chunk reductions in flight (default %(default)s)')
+    g.add_argument('--scheduler', choices=['fifo', 'priority'], default=DEFAULT_SCHEDULER,
+                   help='post order: as ready, or forward priority (default %(default)s)')
     g = p.add_argument_group('output')
     g.add_argument('--csv', metavar='FILE', help='write the table as CSV')
     g.add_argument('--plot', metavar='FILE.png', help='plot speed-up and efficiency against P')
@@ -112,8 +122,8 @@ def _network(args):
         network = fabric(args.fabric)
     changes = {key: value for key, value in (('beta', args.bandwidth), ('alpha', args.latency),
                                              ('algorithm', args.algorithm)) if value is not None}
-    if args.reduce_gbps:
-        changes['gamma'] = 1 / (1e9 * args.reduce_gbps)
+    if args.reduce_rate:
+        changes['gamma'] = 1 / args.reduce_rate
     if args.hook_overhead is not None:
         hook = args.hook_overhead
     return (network.with_(**changes) if changes else network), hook
@@ -124,8 +134,7 @@ def cmd_sim(args):
     network, hook = _network(args)
     strategies = ([s.strip() for item in args.strategy for s in item.split(',') if s.strip()]
                   if args.strategy else list(DEFAULT_STRATEGIES))
-    update_rate = (1e9 * args.update_gbps if args.update_gbps
-                   else measure_update_rate(profile.get('param_bytes', 0)))
+    update_rate = args.update_rate or measure_update_rate(profile.get('param_bytes', 0))
     settings = dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                     in_flight=args.in_flight, scheduler=args.scheduler, update_rate=update_rate,
                     compute_speedup=args.compute_speedup, hook_overhead=hook)
@@ -139,10 +148,13 @@ def cmd_sim(args):
     if hook:
         speedup += f', {1e6 * hook:.3g} us per layer hook'
     print(f'Network {network.describe()}; update {update_rate / 1e9:.3g} GB/s{speedup}; '
-          f'{args.scheduler} scheduler, {args.in_flight} in flight')
+          f'{args.fusion_bytes} B fusion, {args.chunk_bytes} B chunks, {args.scheduler} '
+          f'scheduler, {args.in_flight} in flight')
     print(format_table(results))
     if args.csv:
-        write_csv(results, args.csv)
+        # No communication (one rank): no overlap, an empty cell.
+        write_csv([{**r.as_dict(), 'overlap': None if math.isnan(r.overlap) else r.overlap}
+                   for r in results], args.csv)
         print(f'table written to {args.csv}')
     if args.plot:
         what = f', compute x{args.compute_speedup:g}' if args.compute_speedup != 1 else ''
@@ -163,16 +175,6 @@ def format_table(results):
                     f'{r.comm_ms:>9.2f} {r.exposed_ms:>9.2f} {overlap:>8} {r.speedup:>9.1f} '
                     f'{r.efficiency:>7.1%}')
     return '\n'.join(rows)
-
-
-def write_csv(results, path):
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in results:
-            row = r.as_dict()
-            row['overlap'] = '' if math.isnan(row['overlap']) else row['overlap']
-            writer.writerow(row)
 
 
 def plot(results, path, title=''):

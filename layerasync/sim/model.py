@@ -30,7 +30,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-__all__ = ['Network', 'ALGORITHMS', 'FABRICS', 'fabric', 'parse_bandwidth', 'parse_latency']
+__all__ = ['Network', 'ALGORITHMS', 'FABRICS', 'fabric', 'parse_latency']
 
 ALGORITHMS = ('ring', 'recursive-doubling', 'rabenseifner', 'auto')
 
@@ -114,24 +114,6 @@ def fabric(name):
     if name not in FABRICS:
         raise ValueError(f"unknown fabric '{name}'; known: {', '.join(FABRICS)}")
     return FABRICS[name]
-
-
-_PREFIXES = {'': 1, 'k': 1e3, 'm': 1e6, 'g': 1e9, 't': 1e12}
-
-
-def parse_bandwidth(text):
-    """'10Gbit', '10Gb/s', '10Gbps', '1.25GB/s', '800MiB/s' -> bytes per second.
-
-    As usual, b (or bit) is a bit and B a byte; an i makes the prefix binary (MiB).
-    """
-    m = re.fullmatch(r'\s*([0-9.]+(?:e[-+]?[0-9]+)?)\s*([kKmMgGtT]?)(i?)(bit|b|B)(?:/s|ps)?\s*',
-                     text)
-    if not m:
-        raise ValueError(f"bandwidth '{text}': expected a number and a unit such as 10Gbit, "
-                         '10Gb/s, 1.25GB/s or 800MiB/s (b: bits, B: bytes)')
-    value, prefix, binary, unit = m.groups()
-    scale = 1024 ** ' kmgt'.index(prefix.lower()) if binary else _PREFIXES[prefix.lower()]
-    return float(value) * scale / (1 if unit == 'B' else 8)
 
 
 _TIME_UNITS = {'s': 1, 'ms': 1e-3, 'us': 1e-6, 'µs': 1e-6, 'ns': 1e-9}

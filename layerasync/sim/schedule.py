@@ -33,10 +33,12 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ['Plan', 'Link', 'iteration_ends', 'steady_iteration', 'parse_strategy', 'STRATEGIES']
+from ..strategies import known, parse_strategy
 
-STRATEGIES = ('sync', 'layerwise[:all|ordered|lazy]', 'async-layerwise', 'delayed:K')
-_LAYERWISE_ORDERS = ('all', 'ordered', 'lazy')
+__all__ = ['Plan', 'Link', 'iteration_ends', 'steady_iteration', 'modelled_strategy', 'MODELLED']
+
+# The strategies this model plays; the parameter servers are not modelled.
+MODELLED = ('sync', 'layerwise', 'async-layerwise', 'delayed')
 
 
 @dataclass
@@ -81,17 +83,14 @@ class Plan:
         return done + (self.round_s if self.priority else 0.0)   # the agreement round
 
 
-def parse_strategy(spec):
-    """'layerwise:lazy' -> ('layerwise', 'lazy'); 'delayed:2' -> ('delayed', 2)."""
-    name, _, argument = spec.partition(':')
-    if name in ('sync', 'async-layerwise') and not argument:
-        return name, None
-    if name == 'layerwise' and (argument or 'all') in _LAYERWISE_ORDERS:
-        return name, argument or 'all'
-    if name == 'delayed' and argument.isdigit() and int(argument) >= 1:
-        return name, int(argument)
-    raise ValueError(f"strategy '{spec}' is not one of {', '.join(STRATEGIES)} "
-                     '(delayed needs K >= 1)')
+def modelled_strategy(spec):
+    """``layerasync.strategies.parse_strategy(spec)`` for a strategy the model plays:
+    ``'delayed:2'`` -> ``('delayed', 2)``; ValueError for the others."""
+    name, argument = parse_strategy(spec)
+    if name not in MODELLED:
+        raise ValueError(f"strategy '{spec}' is not modelled by the simulator; it models "
+                         f'{known(MODELLED)}')
+    return name, argument
 
 
 class Link:
@@ -179,7 +178,7 @@ def iteration_ends(plan, strategy, iterations):
     iteration t; ``delayed:K`` posts like ``layerwise`` and at the end of t
     waits for all of g(t-K) and updates (nothing for t < K).
     """
-    kind, argument = parse_strategy(strategy)
+    kind, argument = modelled_strategy(strategy)
     p, link = plan, Link(plan)
     buckets = p.buckets
     needed_by = {b.priority: b.index for b in buckets}
@@ -232,7 +231,7 @@ def iteration_ends(plan, strategy, iterations):
 def steady_iteration(plan, strategy, iterations=None):
     """Seconds per iteration once the pipeline is full: the mean over the last half
     of ``iterations`` (default: enough for a delay K to settle)."""
-    kind, argument = parse_strategy(strategy)
+    kind, argument = modelled_strategy(strategy)
     n = iterations or 4 * ((argument if kind == 'delayed' else 1) + 3)
     ends = iteration_ends(plan, strategy, n)
     half = n // 2

@@ -1,26 +1,91 @@
 """Strategies: when gradients are sent, waited for and applied.
 
 ``get_strategy('delayed:2', solver, comm)`` builds one by name; the text after
-a colon is the strategy's argument. Modules are imported lazily, so a single
-process without MPI can still train with ``sync``.
+a colon is the strategy's argument. ``parse_strategy('delayed:2')`` checks a
+name and its argument without building anything (``('delayed', 2)``); the
+simulator and the bench read names through it too. Modules are imported
+lazily, so a single process without MPI can still train with ``sync``, and
+this package imports neither mpi4py nor a strategy module.
 """
 import importlib
+from typing import Callable, NamedTuple
 
 from .base import Strategy  # noqa: F401
 
-# name -> (module, class)
+__all__ = ['Strategy', 'STRATEGIES', 'DEFAULT_STRATEGIES', 'LAYERWISE_ORDERS', 'known',
+           'parse_argument', 'parse_strategy', 'get_strategy']
+
+# The apply orders of ``layerwise``; the first is the default.
+LAYERWISE_ORDERS = ('all', 'ordered', 'lazy')
+
+# The allreduce strategies compared side by side by default (``layerasync bench``
+# and ``layerasync sim``): every apply order, and the smallest delay.
+DEFAULT_STRATEGIES = ('sync', 'layerwise', 'layerwise:ordered', 'layerwise:lazy',
+                      'async-layerwise', 'delayed:1')
+
+
+def _no_argument(name, argument):
+    if argument is not None:
+        raise ValueError(f"strategy '{name}' takes no argument (got ':{argument}')")
+
+
+def _apply_order(name, argument):
+    order = argument or LAYERWISE_ORDERS[0]
+    if order not in LAYERWISE_ORDERS:
+        raise ValueError(f"layerwise apply order '{argument}' is not one of "
+                         f"{', '.join(LAYERWISE_ORDERS)}")
+    return order
+
+
+def _delay(name, argument):
+    if argument is None or not argument.isdigit() or int(argument) < 1:
+        raise ValueError(f"delayed:K needs a delay K >= 1 (e.g. delayed:1), got "
+                         f"'delayed{':' + argument if argument else ''}'; "
+                         'K = 0 is the sync strategy')
+    return int(argument)
+
+
+class _Entry(NamedTuple):
+    module: str          # in this package, imported when the strategy is built
+    cls: str
+    parse: Callable      # (name, argument text or None) -> the argument's value
+    spelling: str        # how the name and its argument are written, for messages
+
+
 STRATEGIES = {
-    'sync': ('sync', 'Sync'),
-    'layerwise': ('layerwise', 'Layerwise'),
-    'async-layerwise': ('async_layerwise', 'AsyncLayerwise'),
-    'delayed': ('delayed', 'Delayed'),
-    'ps-sync': ('ps', 'PsSync'),
-    'ps-async': ('ps', 'PsAsync'),
+    'sync': _Entry('sync', 'Sync', _no_argument, 'sync'),
+    'layerwise': _Entry('layerwise', 'Layerwise', _apply_order,
+                        f"layerwise[:{'|'.join(LAYERWISE_ORDERS)}]"),
+    'async-layerwise': _Entry('async_layerwise', 'AsyncLayerwise', _no_argument,
+                              'async-layerwise'),
+    'delayed': _Entry('delayed', 'Delayed', _delay, 'delayed:K'),
+    'ps-sync': _Entry('ps', 'PsSync', _no_argument, 'ps-sync'),
+    'ps-async': _Entry('ps', 'PsAsync', _no_argument, 'ps-async'),
 }
 
 
-def known():
-    return ', '.join(STRATEGIES)
+def known(names=STRATEGIES):
+    """How ``names`` are written, for messages: ``sync, layerwise[:all|ordered|lazy], ...``."""
+    return ', '.join(STRATEGIES[name].spelling for name in names)
+
+
+def parse_argument(name, argument):
+    """The value of strategy ``name``'s argument (the text after the colon, or None).
+
+    ``layerwise``: its apply order (default ``'all'``); ``delayed``: K, an int
+    >= 1; the others take none (None). ValueError saying what is wrong.
+    """
+    return STRATEGIES[name].parse(name, argument)
+
+
+def parse_strategy(spec):
+    """``'delayed:2'`` -> ``('delayed', 2)``, ``'layerwise'`` -> ``('layerwise', 'all')``,
+    ``'sync'`` -> ``('sync', None)``; ValueError for an unknown name or a bad argument.
+    An empty argument (``'layerwise:'``) is no argument."""
+    name, _, argument = spec.partition(':')
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{spec}'; known strategies: {known()}")
+    return name, parse_argument(name, argument or None)
 
 
 def get_strategy(spec, solver, mpi_comm=None, trace=None, **comm_settings):
@@ -29,9 +94,8 @@ def get_strategy(spec, solver, mpi_comm=None, trace=None, **comm_settings):
     ``mpi_comm``: an mpi4py communicator (None: one process, no MPI);
     ``comm_settings``: the communicator's bucket, chunk and progress settings.
     """
-    name, _, argument = spec.partition(':')
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{spec}'; known strategies: {known()}")
-    module, cls = STRATEGIES[name]
-    strategy_class = getattr(importlib.import_module(f'.{module}', __name__), cls)
-    return strategy_class(solver, mpi_comm, argument or None, trace=trace, **comm_settings)
+    name, _ = parse_strategy(spec)
+    entry = STRATEGIES[name]
+    strategy_class = getattr(importlib.import_module(f'.{entry.module}', __name__), entry.cls)
+    return strategy_class(solver, mpi_comm, spec.partition(':')[2] or None, trace=trace,
+                          **comm_settings)
