@@ -211,6 +211,8 @@ def test_input_fed_resume_is_bit_exact(tmp_path):
 
 def test_input_state_must_be_a_pass_count():
     layer = input_solver().net.layer_dict['input']
-    with pytest.raises(LayerError, match=r"layer 'input' \(Input\): state 'batch' must be a "
-                                         r'non-negative integer'):
+    with pytest.raises(LayerError, match=r"layer 'input' \(Input\): the saved state lacks 'batch'"):
         layer.load_state_dict({})
+    with pytest.raises(LayerError, match=r"layer 'input' \(Input\): saved state 'batch' must "
+                                         r'be a non-negative integer, not array\(-1\)'):
+        layer.load_state_dict({'batch': np.array(-1)})

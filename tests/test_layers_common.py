@@ -38,16 +38,8 @@ def test_sigmoid_and_tanh():
     check_gradient('type: "TanH"', [x])
 
 
-def test_dropout_train_keeps_expected_fraction_and_scales():
-    x = np.ones((100, 100))
-    layer, _, top = run_layer('type: "Dropout" dropout_param { dropout_ratio: 0.3 }', [x])
-    kept = top[0].data != 0
-    assert abs(kept.mean() - 0.7) < 0.02
-    np.testing.assert_allclose(top[0].data[kept], 1 / 0.7)
-    check_gradient('type: "Dropout" dropout_param { dropout_ratio: 0.3 }', [rng.standard_normal((4, 5))])
-
-
 def test_dropout_test_phase():
+    """TEST phase; TRAIN (masks, keep fraction, gradient) is in test_dropout."""
     x = rng.standard_normal((4, 5))
     _, _, top = run_layer('type: "Dropout"', [x], phase='TEST')
     np.testing.assert_array_equal(top[0].data, x)

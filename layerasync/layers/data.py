@@ -52,10 +52,12 @@ class Input(Layer):
         return {'batch': np.array(self.passes, np.int64)}
 
     def load_state_dict(self, state):
-        batch = np.asarray(state.get('batch', -1))
+        """Continue from ``state`` (from ``state_dict``): the next forward is pass ``batch``."""
+        self.check('batch' in state, "the saved state lacks 'batch', the number of forward "
+                                     'passes, which keys the dropout masks of the next ones')
+        batch = np.asarray(state['batch'])
         self.check(batch.shape == () and batch.dtype.kind in 'iu' and batch >= 0,
-                   f"state 'batch' must be a non-negative integer (the dict state_dict() "
-                   f"returned), got {state.get('batch')!r}")
+                   f"saved state 'batch' must be a non-negative integer, not {batch!r}")
         self.passes = int(batch)
 
 
