@@ -1,10 +1,9 @@
 """Net: a DAG of layers over named blobs, built from a Caffe NetParameter.
 
-Building follows Caffe's ``Net::Init``: keep the layers whose include/exclude
-rules match the phase, turn the legacy ``input:`` fields into an Input layer,
-insert a Split wherever a blob feeds several consumers, set every layer up in
-order (shape inference), then work out which layers and blobs need a backward
-pass. Finally the parameters are moved into the two arenas (values and
+Building follows Caffe's ``Net::Init``: take the layer list that ``graph``
+derives from the file (phase rules, legacy inputs, splits), set every layer
+up in order (shape inference), then work out which layers and blobs need a
+backward pass. Finally the parameters are moved into the two arenas (values and
 gradients), ordered by backward readiness: the last layer's parameters first.
 
 ``forward(before_layer=f)`` calls ``f(i)`` before layer ``i`` runs and
@@ -18,6 +17,7 @@ import numpy as np
 from . import proto, schema
 from .blob import Arena, Blob
 from .data.sampler import BatchContext
+from .graph import layer_specs
 from .layers import LAYERS, NetError
 from .proto import Message
 
@@ -42,113 +42,6 @@ def set_batch_size(param, batch):
     for shape in param.input_shape:
         shape.dim[0] = batch
     return param
-
-
-def _state_matches(spec, state):
-    """Caffe's StateMeetsRule over include (any rule matches) / exclude (none)."""
-    def meets(rule):
-        if rule.phase is not None and rule.phase != state.phase:
-            return False
-        if rule.min_level is not None and state.level < rule.min_level:
-            return False
-        if rule.max_level is not None and state.level > rule.max_level:
-            return False
-        if any(s not in state.stage for s in rule.stage):
-            return False
-        return not any(s in state.stage for s in rule.not_stage)
-
-    if spec.include and spec.exclude:
-        raise NetError(f"{spec.where}: layer '{spec.name}' has both include and exclude rules; "
-                       'Caffe allows one kind only')
-    if spec.include:
-        return any(meets(r) for r in spec.include)
-    return not any(meets(r) for r in spec.exclude)
-
-
-def _legacy_inputs(param):
-    """The old top-level ``input:`` / ``input_shape`` / ``input_dim`` as an Input layer."""
-    if not param.input:
-        if param.input_shape or param.input_dim:
-            raise NetError(f'{param.where}: input_shape/input_dim given without input names')
-        return []
-    shapes = [list(s.dim) for s in param.input_shape]
-    if param.input_dim:
-        if len(param.input_dim) != 4 * len(param.input):
-            raise NetError(f"{param.where_of('input_dim')}: input_dim needs 4 values per input "
-                           f'({len(param.input)} inputs, {len(param.input_dim)} dims)')
-        shapes = [param.input_dim[4 * i:4 * i + 4] for i in range(len(param.input))]
-    if len(shapes) != len(param.input):
-        raise NetError(f"{param.where_of('input')}: {len(param.input)} inputs but "
-                       f'{len(shapes)} input shapes')
-    where = param.where_of('input')
-    layer = Message(schema.LayerParameter, where)
-    layer.name, layer.type, layer.top = 'input', 'Input', list(param.input)
-    layer.input_param = Message(schema.InputParameter, where,
-                                {'shape': [Message(schema.BlobShape, where, {'dim': s})
-                                           for s in shapes]})
-    return [layer]
-
-
-def _with_default_loss_weight(spec):
-    """Loss layers weigh their first top 1 unless told otherwise (Caffe's LossLayer).
-
-    Set before splits are inserted, so a loss that is also read by another
-    layer keeps its weight (the weight moves onto the split).
-    """
-    if spec.loss_weight or not LAYERS[spec.type].is_loss:
-        return spec
-    spec = spec.copy()
-    spec.loss_weight = [1.0]
-    return spec
-
-
-def _split_name(blob, layer, top_index, k=None):
-    base = f'{blob}_{layer}_{top_index}_split'
-    return base if k is None else f'{base}_{k}'
-
-
-def _insert_splits(specs):
-    """Caffe's InsertSplits: a blob read by several layers gets a Split layer."""
-    last_producer = {}   # blob name -> (layer index, top index)
-    source = {}          # (layer, bottom index) -> (layer, top index)
-    consumers = {}       # (layer, top index) -> number of consumers
-    for i, spec in enumerate(specs):
-        for j, name in enumerate(spec.bottom):
-            if name not in last_producer:
-                known = ', '.join(sorted(last_producer)) or 'none'
-                raise NetError(f"{spec.where_of('bottom')}: layer '{spec.name}' ({spec.type}): "
-                               f"unknown bottom blob '{name}'; blobs produced above it: {known}")
-            source[i, j] = last_producer[name]
-            consumers[last_producer[name]] = consumers.get(last_producer[name], 0) + 1
-        for j, name in enumerate(spec.top):
-            last_producer[name] = (i, j)
-            if j < len(spec.loss_weight) and spec.loss_weight[j] != 0:
-                consumers[i, j] = consumers.get((i, j), 0) + 1
-    out, used = [], {}
-    for i, spec in enumerate(specs):
-        spec = spec.copy()
-        for j, name in enumerate(spec.bottom):
-            src = source[i, j]
-            if consumers[src] > 1:
-                k = used.get(src, 0)
-                used[src] = k + 1
-                spec.bottom[j] = _split_name(name, specs[src[0]].name, src[1], k)
-        out.append(spec)
-        for j, name in enumerate(spec.top):
-            n = consumers.get((i, j), 0)
-            if n <= 1:
-                continue
-            split = Message(schema.LayerParameter, spec.where)
-            split.name, split.type = _split_name(name, spec.name, j), 'Split'
-            split.bottom = [name]
-            split.top = [_split_name(name, spec.name, j, k) for k in range(n)]
-            if j < len(spec.loss_weight) and spec.loss_weight[j] != 0:
-                # Consumers take the split's first outputs; the loss weight goes
-                # on the last one, which nothing else reads or overwrites.
-                split.loss_weight = [0.0] * (n - 1) + [spec.loss_weight[j]]
-                spec.loss_weight[j] = 0.0
-            out.append(split)
-    return out
 
 
 class Net:
@@ -176,13 +69,7 @@ class Net:
         # As in pycaffe, the phase argument wins over the file's ``state { phase }``.
         state = Message(schema.NetState, param.where,
                         {'phase': phase, 'level': level, 'stage': list(stages) + list(param.state.stage)})
-        specs = _legacy_inputs(param) + [s for s in param.layer if _state_matches(s, state)]
-        for spec in specs:
-            if spec.type not in LAYERS:
-                raise NetError(f"{spec.where_of('type')}: layer '{spec.name}': unknown type "
-                               f"'{spec.type}'; known types: {', '.join(sorted(LAYERS))}")
-        self._check_names(specs)
-        specs = _insert_splits([_with_default_loss_weight(s) for s in specs])
+        specs = layer_specs(param, state)
 
         self.layers, self.blobs = [], OrderedDict()
         self.bottom_vecs, self.top_vecs, self.bottom_names, self.top_names = [], [], [], []
@@ -209,17 +96,6 @@ class Net:
         self.loss = None
 
     # -- building ---------------------------------------------------------
-    @staticmethod
-    def _check_names(specs):
-        seen = {}
-        for spec in specs:
-            if not spec.name:
-                raise NetError(f'{spec.where}: a layer of type {spec.type} has no name')
-            if spec.name in seen:
-                raise NetError(f"{spec.where}: layer name '{spec.name}' used twice "
-                               f'(first at {seen[spec.name]})')
-            seen[spec.name] = spec.where
-
     def _connect(self, layer, spec):
         lo, hi = layer.num_bottom
         if len(spec.bottom) < lo or (hi is not None and len(spec.bottom) > hi):
@@ -422,6 +298,12 @@ class Net:
     @property
     def layer_dict(self):
         return OrderedDict((layer.name, layer) for layer in self.layers)
+
+    @property
+    def batch_size(self):
+        """Samples per forward pass: axis 0 of the net's first blob (its input data)."""
+        first = next(iter(self.blobs.values()), None)
+        return int(first.shape[0]) if first is not None and first.shape else 1
 
     @property
     def layer_names(self):

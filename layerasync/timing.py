@@ -66,9 +66,8 @@ def profile_net(net, iterations=10):
             'forward_ms': 1e3 * fwd[i] / iterations, 'backward_ms': 1e3 * bwd[i] / iterations,
             'param_bytes': int(sum(b.data.nbytes for b in layer.blobs)),
             'tops': [list(t.shape) for t in net.top_vecs[i]]})
-    first_blob = net.blobs[next(iter(net.blobs))]
     return {
-        'net': net.name, 'batch': int(first_blob.shape[0]) if first_blob.shape else 1,
+        'net': net.name, 'batch': net.batch_size,
         'threads': blas_threads(), 'iterations': iterations, 'warmup_s': warmup,
         'forward_ms': 1e3 * total_fwd / iterations, 'backward_ms': 1e3 * total_bwd / iterations,
         'total_ms': 1e3 * (total_fwd + total_bwd) / iterations,

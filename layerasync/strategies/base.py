@@ -193,7 +193,7 @@ class AllreduceStrategy(Strategy):
     def settings(self):
         return {'strategy': self.name, 'argument': getattr(self, 'argument', None),
                 **update_rule(self.solver),
-                'batch': [tuple(net_blob.shape) for net_blob in self.net.blobs.values()][:1],
+                'batch': self.net.batch_size,
                 'ranks': self.size,
                 # What is in force (a progress engine that fell back is seen), not what was asked.
                 **(self.comm.settings if self.comm is not None else self.comm_settings)}
