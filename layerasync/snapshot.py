@@ -6,14 +6,15 @@ same folder, then a rename: never a torn file under the final name):
 - ``<prefix>_iter_<N>.weights.npz``: every parameter blob, keyed ``layer/k``;
 - ``<prefix>_iter_<N>.solverstate.npz``: the iteration, the solver type, the
   weights file's name, the history arenas per blob (``history<h>/layer/k``),
-  every layer's random stream and data position (``rng/...``, ``data/...``;
+  every layer's ``state_dict()`` (data positions, pass counters: ``data/...``;
   test nets under ``test<k>/``), and the strategy's in-flight arrays
-  (``extra/...``).
+  (``extra/...``). No random-generator state is needed: the only draws after
+  construction (dropout masks, crops) are pure functions of the seed and the
+  sample's stream position.
 
 Files are read with ``allow_pickle=False``; every mismatch with the net is
 refused by name and shape.
 """
-import json
 import os
 import tempfile
 
@@ -78,10 +79,9 @@ def load_weights(net, path, strict=False):
 
 
 def layer_states(net, prefix):
-    """Every layer's random stream and ``state_dict()`` (data position, counters)."""
+    """Every layer's ``state_dict()`` (data position, pass counters)."""
     state = {}
     for layer in net.layers:
-        state[f'{prefix}rng/{layer.name}'] = np.array(json.dumps(layer.rng.bit_generator.state))
         if hasattr(layer, 'state_dict'):
             for key, value in layer.state_dict().items():
                 state[f'{prefix}data/{layer.name}/{key}'] = np.asarray(value)
@@ -90,9 +90,6 @@ def layer_states(net, prefix):
 
 def load_layer_states(net, prefix, state):
     for layer in net.layers:
-        key = f'{prefix}rng/{layer.name}'
-        if key in state:
-            layer.rng.bit_generator.state = json.loads(str(state[key]))
         if hasattr(layer, 'load_state_dict'):
             data = f'{prefix}data/{layer.name}/'
             layer.load_state_dict({k[len(data):]: v for k, v in state.items() if k.startswith(data)})

@@ -10,13 +10,10 @@ from .base import Layer, canonical_axis, register
 
 # Convolution runs over chunks of images: a chunk's col buffer (C*kh*kw rows,
 # one column per output pixel of every image in the chunk) should stay in L2
-# between im2col and the GEMM that reads it, yet give the GEMM enough columns:
-# OpenBLAS was up to 3x slower on some shapes at 256 columns than at 512, and
-# on one thread larger budgets were up to 25% slower, smaller ones no faster
-# (lenet/cifar/alexnet/googlenet/resnet shapes, measured in an earlier session).
+# between im2col and the GEMM that reads it, yet give the GEMM enough columns.
 # With several BLAS threads small products do not pay for waking the threads:
-# 16 times the budget is never slower there, up to 14% faster
-# (benchmarks/conv_chunks.py; docs/performance.md, "Two threads").
+# 16 times the budget is never slower there, up to 14% faster. Both choices
+# are measured by benchmarks/conv_chunks.py (docs/performance.md, "Two threads").
 COL_BUDGET = 1 << 16 if blas_threads() == 1 else 1 << 20   # values in a chunk's col buffer
 MIN_COLUMNS = 512 if blas_threads() == 1 else 4096         # output pixels per chunk, at least
 
@@ -193,9 +190,8 @@ class Convolution(Layer):
                     self.blobs[1].diff += dy.reshape(M, -1).sum(axis=1)
                 if want_weights:
                     # grad.T = col @ dy.T into a weight-sized workspace, then
-                    # added: for small num_output NumPy's BLAS runs this
-                    # long-inner-dimension product up to 2.4x faster than
-                    # dy @ col.T (measured in an earlier session).
+                    # added: with few output channels the long inner
+                    # dimension then sits where OpenBLAS blocks it best.
                     grad_t = self.weight_grad_t
                     np.matmul(self._im2col(b.data[n0:n1]), dy.transpose(0, 2, 1), out=grad_t)
                     self._weights('diff')[...] += grad_t.transpose(0, 2, 1)
