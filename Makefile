@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 # Numba caches compiled kernels next to the sources; keep one thread per rank by default.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test venv clean experiments exp-stability exp-convergence exp-bench exp-timeline \
-	bench-pytorch
+.PHONY: demo test venv torch clean experiments exp-stability exp-convergence exp-bench \
+	exp-timeline bench-pytorch
 
 venv: $(STAMP)
 
@@ -23,13 +23,27 @@ $(STAMP): setup.cfg setup.py
 demo: $(STAMP)
 	$(VENV)/bin/layerasync demo
 
+# PyTorch, the CPU build, for the cross-checks in the tests and for bench-pytorch;
+# the package itself never needs it. `make test TORCH=1` (and CI, which sets CI=true)
+# installs it first, and then a cross-check skipped for want of torch fails the run
+# (tests/conftest.py). TORCH_INDEX= (empty) takes the default index instead of
+# PyTorch's CPU one; the check after the install refuses a CUDA build either way.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+WANT_TORCH := $(filter-out 0 false,$(TORCH) $(CI))
+
+torch: $(STAMP)
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION) \
+	  $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -c 'import sys, torch; sys.exit(f"torch {torch.__version__} is a CUDA build" if torch.version.cuda else 0)'
+
 # The serial run includes tests/mpi at one rank; then the MPI tests on 2 ranks,
 # and once more with MPICH's own asynchronous progress thread. `timeout` turns a
 # hang into a failure; a failing rank aborts the job (tests/mpi/conftest.py).
 MPIEXEC := $(VENV)/bin/mpiexec
 MPI_TESTS := timeout 900 $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider tests/mpi
 
-test: $(STAMP)
+test: $(STAMP) $(if $(WANT_TORCH),torch)
 	$(PY) -m pytest -q tests
 	$(MPI_TESTS)
 	MPIR_CVAR_ASYNC_PROGRESS=1 LAYERASYNC_TEST_PROGRESS=mpi $(MPI_TESTS) -k "communication_setting or rank_valued"
@@ -64,12 +78,9 @@ exp-timeline: $(STAMP)
 	  $(LAYERASYNC) plot timeline $(OUT)/timeline/$$s.json || exit 1; \
 	done
 
-# Our compute against PyTorch's on the CPU (docs/performance.md). PyTorch is a
-# benchmark dependency only: this target installs it into the virtualenv.
-TORCH_VERSION ?= 2.13.0
+# Our compute against PyTorch's on the CPU (docs/performance.md).
 BENCH_PYTORCH_FLAGS ?=
-bench-pytorch: $(STAMP)
-	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+bench-pytorch: torch
 	mkdir -p $(OUT)
 	$(PY) benchmarks/vs_pytorch.py --json $(OUT)/vs_pytorch.json $(BENCH_PYTORCH_FLAGS) \
 	  | tee $(OUT)/vs_pytorch.md

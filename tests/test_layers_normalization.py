@@ -499,8 +499,9 @@ def test_scale_kernels(dtype):
 
 # -- PyTorch ----------------------------------------------------------------------------
 
+@pytest.mark.torch
 def test_batchnorm_matches_pytorch():
-    torch = pytest.importorskip('torch')
+    import torch
     x, dy = normal(4, 3, 5, 5, loc=1.0, scale=2.0), normal(4, 3, 5, 5)
     layer = make_layer("type: 'BatchNorm' batch_norm_param { moving_average_fraction: 0.9 }")
     bottom, top = blobs_from([x]), tops()

@@ -374,8 +374,9 @@ def test_vision_layers_in_a_net():
 # -------------------------------------------------------- PyTorch cross-check
 
 def torch_check(text, x, torch_forward, n_top=1):
-    """Forward and backward of ``text`` against ``torch_forward(tensor, layer)``."""
-    torch = pytest.importorskip('torch')
+    """Forward and backward of ``text`` against ``torch_forward(tensor, layer)``
+    (for tests marked ``@pytest.mark.torch``: see conftest)."""
+    import torch
     layer, bottom, top = run_layer(text, [x], n_top=n_top)
     params = [torch.tensor(p.data, requires_grad=True) for p in layer.blobs]
     tx = torch.tensor(x, requires_grad=True)
@@ -392,6 +393,7 @@ def torch_check(text, x, torch_forward, n_top=1):
         np.testing.assert_allclose(p.diff, tp.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize('settings, stride, pad, dilation, group, bias', [
     ('kernel_size: 3 pad: 1 stride: 2 group: 2', 2, 1, 1, 2, True),
     ('kernel_h: 3 kernel_w: 2 pad_h: 2 pad_w: 1 stride_h: 1 stride_w: 3 dilation: [2, 1]',
@@ -405,6 +407,7 @@ def test_convolution_against_torch(settings, stride, pad, dilation, group, bias)
     torch_check(conv(settings, extra='' if bias else 'bias_term: false'), normal(3, 4, 9, 8), forward)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize('settings, kernel, stride, pad', [
     ('kernel_size: 3 stride: 2', 3, 2, 0),
     ('kernel_size: 3 stride: 2 pad: 1', 3, 2, 1),
@@ -422,6 +425,7 @@ def test_pooling_against_torch(settings, kernel, stride, pad, method):
     torch_check(pool(f'pool: {method} {settings}'), distinct((2, 3, 7, 8), 18), forward)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize('region', ['ACROSS_CHANNELS', 'WITHIN_CHANNEL'])
 def test_lrn_against_torch(region):
     def forward(tx):
