@@ -25,6 +25,10 @@ best any overlap can do, max(compute, comm). Times are medians over rounds;
 ``spread`` is (max - min) / median, the run-to-run noise. Numbers are the
 maximum over ranks (the slowest rank sets the pace). ``overlap`` and
 ``bound`` refer to the allreduce, so the PS rows leave them empty.
+
+The bench always runs over MPI, at one rank too (the communicator's own cost);
+it splits the job and waits through ``layerasync.comm.job``, and the PS rows
+run through ``layerasync.ps.run``. Without mpi4py the command says so.
 """
 import csv
 import statistics
@@ -32,20 +36,19 @@ import time
 
 import numpy as np
 
-from . import models, proto, schema
+from . import models, proto, ps, schema
 from .net import load_net_param, set_batch_size
+from .strategies import DEFAULT_STRATEGIES, parse_strategy
 
-__all__ = ['run_bench', 'add_commands']
-
-DEFAULT_STRATEGIES = 'sync,layerwise,layerwise:ordered,layerwise:lazy,async-layerwise,delayed:1'
-PS_STRATEGIES = 'ps-sync,ps-async'
+__all__ = ['run_bench', 'make_solver', 'format_rows', 'write_csv', 'add_commands']
 
 
 def make_solver(model, batch, rank, size, seed=1, prefetch=True):
+    """A fixed-rate SGD solver for net ``model`` (a file or zoo name) at ``batch``
+    per rank (None: the prototxt's), reading the synthetic shard of ``rank`` of ``size``."""
     from .data import DataOptions
     from .solver import get_solver
-    path = model if model.endswith('.prototxt') else models.path(model)
-    net = load_net_param(path)
+    net = load_net_param(models.resolve(model, 'net'))
     if batch:
         set_batch_size(net, batch)
     param = proto.parse('base_lr: 0.001 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
@@ -55,35 +58,28 @@ def make_solver(model, batch, rank, size, seed=1, prefetch=True):
                                               prefetch=prefetch))
 
 
-def _time_iterations(solver, strategy, iterations, barrier):
-    """Seconds per iteration of the trainer's iterations (``Solver.step``) under ``strategy``."""
-    barrier()
-    start = time.perf_counter()
-    solver.step(iterations, strategy)
-    strategy.finish()
-    return (time.perf_counter() - start) / iterations
-
-
-def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iterations=30, warmup=5,
-              rounds=3, log=print, servers=0, staleness=None, **comm_settings):
+def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES), iterations=30,
+              warmup=5, rounds=3, log=print, servers=0, staleness=None, **comm_settings):
     """Rows of measurements (dicts), identical on every rank (collective over ``world``).
 
+    ``strategies``: comma-separated names, as ``--strategy`` takes them.
     ``servers``: the last ``servers`` ranks serve the ``ps-*`` rows and sit out the others.
     """
-    from mpi4py import MPI
-
-    from .comm.ps import wait_all
+    from .comm import job
+    from .comm.control import Control
     from .strategies import get_strategy
-    from .strategies.ps_server import serve
     names = [s for s in strategies.split(',') if s]
-    if any(n.startswith('ps-') for n in names) and not servers:
+    for name in names:
+        parse_strategy(name)
+    if any(n in ps.NAMES for n in names) and not servers:
         raise ValueError('the ps-* rows need parameter servers: give --servers S (S >= 1)')
-    workers = world.Get_size() - servers
-    if workers < 1:
-        raise ValueError(f'{servers} server(s) leave no worker among {world.Get_size()} ranks')
-    serving = world.Get_rank() >= workers
-    group = world.Split(int(serving), world.Get_rank()) if servers else world
-    solver = make_solver(model, batch, 0 if serving else world.Get_rank(), max(workers, 1))
+    serving, workers, rank = False, world.Get_size(), world.Get_rank()
+    if servers:
+        place = ps.role(world, servers)
+        serving, workers, rank = place.serving, place.workers, 0 if place.serving else place.index
+    group = job.split(world, int(serving)) if servers else world
+    control = Control(group)
+    solver = make_solver(model, batch, rank, workers)
     keys = ['compute', 'comm'] + names
     samples = {key: [] for key in keys}
     try:
@@ -91,35 +87,29 @@ def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iteration
             n = warmup if r == 0 else iterations
             timings = {}
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                if key.startswith('ps-'):
-                    ps = dict(servers=servers, staleness=staleness if key == 'ps-async' else None)
-                    # Servers wait for the workers here asleep (a blocking call would spin).
-                    wait_all([world.Ibarrier()])
-                    if serving:
-                        serve(solver, world, key, **ps)
-                        continue
-                elif serving:
+                if key in ps.NAMES:
+                    job.barrier(world)   # the servers wait for the workers here, asleep
+                    seconds = ps.run(world, key, solver,
+                                     lambda strategy: _time_row(strategy, n, _time_iterations,
+                                                                control.barrier),
+                                     servers, staleness if key == 'ps-async' else None)
+                    if not serving:
+                        timings[key] = seconds
+                    continue
+                if serving:
                     continue
                 # A fresh strategy per row: each owns its communicator and buffers.
-                comm, settings = (world, {**comm_settings, **ps}) if key.startswith('ps-') else (
-                    group, comm_settings)
                 strategy = get_strategy('sync' if key in ('compute', 'comm') else key, solver,
-                                        None if key == 'compute' else comm,
-                                        **({} if key == 'compute' else settings))
-                barrier = strategy.comm.barrier if strategy.comm else group.Barrier
+                                        None if key == 'compute' else group,
+                                        **({} if key == 'compute' else comm_settings))
                 try:
-                    strategy.start()
-                    solver.net.set_progress(strategy.progress_hook())   # as the trainer does
-                    measure = _time_allreduce if key == 'comm' else _time_iterations
-                    measure(solver, strategy, 2, barrier)
-                    timings[key] = measure(solver, strategy, n, barrier)
+                    timings[key] = _time_row(strategy, n, _time_allreduce if key == 'comm'
+                                             else _time_iterations, control.barrier)
                 finally:
-                    solver.net.set_progress(None)
                     strategy.close()
             if r > 0:
                 slowest = np.array([timings.get(k, 0.0) for k in keys])
-                # Non-blocking, so that idle servers sleep instead of spinning on a core.
-                wait_all([world.Iallreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)])
+                job.max_over(world, slowest)   # the servers sleep while they wait
                 for key, value in zip(keys, slowest):
                     samples[key].append(float(value))
                 log(f'round {r}/{rounds}: ' + ', '.join(
@@ -131,7 +121,31 @@ def run_bench(world, model, batch=None, strategies=DEFAULT_STRATEGIES, iteration
     return _rows(samples, names, model, solver, workers, servers, comm_settings)
 
 
-def _time_allreduce(solver, strategy, iterations, barrier):
+def _time_row(strategy, iterations, measure, barrier):
+    """Start ``strategy`` and time ``iterations`` of ``measure`` under it (after
+    two untimed ones), as the trainer runs: with its progress hook set.
+    ``barrier`` (over the timed ranks) aligns them before each timing."""
+    net = strategy.solver.net
+    try:
+        strategy.start()
+        net.set_progress(strategy.progress_hook())
+        measure(strategy, 2, barrier)
+        return measure(strategy, iterations, barrier)
+    finally:
+        net.set_progress(None)
+
+
+def _time_iterations(strategy, iterations, barrier):
+    """Seconds per iteration of the trainer's iterations (``Solver.step``) under ``strategy``."""
+    barrier()
+    start = time.perf_counter()
+    strategy.solver.step(iterations, strategy)
+    strategy.finish()
+    return (time.perf_counter() - start) / iterations
+
+
+def _time_allreduce(strategy, iterations, barrier):
+    """Seconds per allreduce of all gradients through ``strategy``'s communicator."""
     barrier()
     start = time.perf_counter()
     for _ in range(iterations):
@@ -147,12 +161,12 @@ def _rows(samples, names, model, solver, size, servers, comm_settings):
     for key in ['compute', 'comm'] + names:
         t = med[key]
         row = {'model': model, 'batch': solver.net.blobs[next(iter(solver.net.blobs))].shape[0],
-               'ranks': size, 'servers': servers if key.startswith('ps-') else 0,
+               'ranks': size, 'servers': servers if key in ps.NAMES else 0,
                'row': key, 'ms_per_iter': 1e3 * t, 'iters_per_s': 1 / t,
                'spread': (max(samples[key]) - min(samples[key])) / t,
                'compute_ms': 1e3 * compute, 'comm_ms': 1e3 * comm,
                'overlap': '', 'vs_bound': '', 'vs_sync': ''}
-        if key in names and not key.startswith('ps-'):
+        if key in names and key not in ps.NAMES:
             row['overlap'] = min(1.0, max(0.0, (compute + comm - t) / comm)) if comm > 0 else ''
             row['vs_bound'] = t / max(compute, comm)
         if key in names:
@@ -181,6 +195,8 @@ def format_rows(rows):
 
 
 def write_csv(rows, path):
+    """Write ``rows`` (dicts with the same keys, at least one) to ``path`` as CSV with a
+    header; the bench's table, and every other table the project writes."""
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -191,8 +207,8 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     p = subparsers.add_parser('bench', help='all strategies side by side (run under mpirun)')
     p.add_argument('--model', required=True, help='net prototxt or zoo name (synthetic data)')
     p.add_argument('--batch', type=int, help='batch per rank (default: the prototxt\'s)')
-    p.add_argument('--strategies', help=f'default: {DEFAULT_STRATEGIES}, and with --servers '
-                   f'also {PS_STRATEGIES}')
+    p.add_argument('--strategies', help=f"comma-separated; default: {','.join(DEFAULT_STRATEGIES)}"
+                   f", and with --servers also {','.join(ps.NAMES)}")
     p.add_argument('--servers', type=int, default=0, metavar='S',
                    help='the last S ranks serve the ps-* rows; the other rows run without them')
     p.add_argument('--staleness', type=int, metavar='S', help='staleness bound of ps-async')
@@ -203,10 +219,11 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     comm_arguments(p)
 
     def run(args):
-        world = mpi(args, force=True)
+        world = mpi(args, required='`layerasync time --model M` times the net in one '
+                                   'process without MPI')
         rank = world.Get_rank()
-        strategies = args.strategies or DEFAULT_STRATEGIES + (
-            ',' + PS_STRATEGIES if args.servers else '')
+        strategies = args.strategies or ','.join(
+            DEFAULT_STRATEGIES + (ps.NAMES if args.servers else ()))
         rows = run_bench(world, args.model, args.batch, strategies, args.iterations,
                          args.warmup, args.rounds, log=print if rank == 0 else (lambda *a: None),
                          servers=args.servers, staleness=args.staleness, **comm_settings(args))

@@ -19,21 +19,12 @@ import os
 import sys
 import time
 
-from . import bench, models, plot, proto, schema
+from . import bench, models, plot, proto, ps, schema
 from ._threads import blas_threads
 from .launch import cli as launch_cli
 from .sim import cli as sim_cli
 
 __all__ = ['main']
-
-
-def _zoo_or_path(value, kind):
-    if os.path.exists(value) or os.sep in value or value.endswith('.prototxt'):
-        return value
-    try:
-        return models.path(value, kind)
-    except ValueError as e:
-        raise SystemExit(f'layerasync: {value}: no such file, and {e}') from None
 
 
 def _data_options(args, rank=0, size=1):
@@ -60,16 +51,22 @@ def _apply_overrides(param, settings):
 
 # -- commands -----------------------------------------------------------------
 
-def _mpi(args, force=False):
-    """COMM_WORLD when launched by an MPI launcher (or --mpi, or ``force``), else None."""
+def _mpi(args, required=None):
+    """COMM_WORLD when launched by an MPI launcher (or ``--mpi``), else None.
+
+    ``required``: the command cannot run without MPI; MPI starts in any case,
+    and this text (what to do instead) ends the error when mpi4py is missing.
+    """
     from .comm import init_mpi, under_mpi_launcher
-    if not (force or args.mpi or under_mpi_launcher()):
+    if not (required or args.mpi or under_mpi_launcher()):
         return None
     try:
         return init_mpi(args.progress)
-    except ImportError:
-        raise SystemExit('layerasync: started by an MPI launcher, but mpi4py is not installed '
-                         "(pip install 'layerasync[mpi]')") from None
+    except ImportError as e:
+        why = 'runs over MPI' if required else 'was started by an MPI launcher (or --mpi)'
+        raise SystemExit(f"layerasync {args.command} {why}, but mpi4py cannot be imported "
+                         f"({e}; pip install 'layerasync[mpi]')"
+                         + (f'; {required}' if required else '')) from None
 
 
 def _comm_settings(args):
@@ -79,80 +76,83 @@ def _comm_settings(args):
 
 
 def cmd_train(args):
-    from .solver import get_solver, load_solver_param, load_weights
+    from .solver import get_solver, load_solver_param
     from .strategies import get_strategy
-    from .trainer import Log, Trainer
     if args.weights and args.snapshot:
         raise SystemExit('layerasync train: give --weights (fine-tune) or --snapshot (resume), not both')
-    param = _apply_overrides(load_solver_param(_zoo_or_path(args.solver, 'solver')), args.set)
+    param = _apply_overrides(load_solver_param(models.resolve(args.solver, 'solver')), args.set)
     world = _mpi(args)
-    rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
-    # Parameter-server strategies: the last --servers ranks serve, the others train.
-    ps = {}
-    if args.strategy.startswith('ps-'):
-        ps = dict(servers=args.servers, staleness=args.staleness)
-    workers = size - args.servers if ps and world is not None else size
-    log = Log(rank, quiet=args.quiet)
     trace = None
     if args.trace:
         from .trace import Trace
-        trace = Trace(rank)
-    if rank >= workers:
-        from .data import DataOptions
-        from .strategies.ps_server import serve
-        solver = get_solver(param, seed=args.seed, data=DataOptions(synthetic=True, prefetch=False))
-        start = time.perf_counter()
+        trace = Trace(world.Get_rank() if world is not None else 0)
+    if world is not None and args.strategy in ps.NAMES:
+        data = ps.role(world, args.servers).data(_data_options(args))
+        solver = get_solver(param, seed=args.seed, data=data)
         try:
-            serve(solver, world, args.strategy, trace=trace, **ps)
+            return ps.run(world, args.strategy, solver, lambda s: _train(args, s, trace),
+                          args.servers, args.staleness, trace)
         finally:
             solver.close()
-        return {}, time.perf_counter() - start
-    solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, workers))
-    strategy = get_strategy(args.strategy, solver, world, trace=trace, **_comm_settings(args), **ps)
+    rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+    solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
+    ps_settings = (dict(servers=args.servers, staleness=args.staleness)
+                   if args.strategy in ps.NAMES else {})
+    strategy = get_strategy(args.strategy, solver, world, trace=trace, **_comm_settings(args),
+                            **ps_settings)
     try:
-        extra = solver.restore(args.snapshot) if args.snapshot else None
-        if args.weights:
-            load_weights(solver.net, args.weights)
-        if extra:
-            strategy.load_state_dict(extra)
-        trainer = Trainer(solver, strategy, strategy.comm, metrics=args.metrics, log=log,
-                          progress=False if args.no_progress else None, trace=trace)
-        if strategy.comm is not None:
-            strategy.comm.barrier()   # a common start for timings and traces
-        start = time.perf_counter()
-        results = trainer.run()
-        wall = time.perf_counter() - start
-        log(f'Trained {solver.iter} iterations in {wall:.1f} s')
-        if trace is not None:
-            trace.write(args.trace, strategy.comm)
-            log(f'Timeline written to {args.trace}')
+        results = _train(args, strategy, trace)
     finally:
         solver.close()
     strategy.close()
+    return results
+
+
+def _train(args, strategy, trace):
+    """Train ``strategy``'s solver as ``args`` say (the strategy is built, not yet
+    started); returns (the last test results, seconds of training)."""
+    from .snapshot import load_weights
+    from .trainer import Log, Trainer
+    solver = strategy.solver
+    log = Log(strategy.rank, quiet=args.quiet)
+    extra = solver.restore(args.snapshot) if args.snapshot else None
+    if args.weights:
+        load_weights(solver.net, args.weights)
+    if extra:
+        strategy.load_state_dict(extra)
+    trainer = Trainer(solver, strategy, strategy.comm, metrics=args.metrics, log=log,
+                      progress=False if args.no_progress else None, trace=trace)
+    if strategy.comm is not None:
+        strategy.comm.barrier()   # a common start for timings and traces
+    start = time.perf_counter()
+    results = trainer.run()
+    wall = time.perf_counter() - start
+    log(f'Trained {solver.iter} iterations in {wall:.1f} s')
+    if trace is not None:
+        trace.write(args.trace, strategy.comm)
+        log(f'Timeline written to {args.trace}')
     return results, wall
 
 
 def _build_net(args, phase):
     from .net import Net, load_net_param, set_batch_size
-    param = load_net_param(_zoo_or_path(args.model, 'net'))
+    param = load_net_param(models.resolve(args.model, 'net'))
     if getattr(args, 'batch', None):
         set_batch_size(param, args.batch)
     return Net(param, phase, data=_data_options(args))
 
 
 def cmd_test(args):
-    from .solver import load_weights
+    from .snapshot import load_weights
+    from .solver import score
     from .timing import fill_inputs
     net = _build_net(args, 'TEST')
     if args.weights:
         load_weights(net, args.weights)
-    fill_inputs(net) if net.inputs else None
-    totals = {}
-    for _ in range(args.iterations):
-        for name, value in net.forward().items():
-            totals[name] = totals.get(name, 0.0) + value.astype('float64')
-    for name, total in totals.items():
-        print(f'{name} = {total / args.iterations}')
+    if net.inputs:
+        fill_inputs(net)
+    for name, value in score(net, args.iterations).items():
+        print(f'{name} = {value}')
 
 
 def cmd_time(args):
@@ -275,11 +275,13 @@ def _fail(args, error):
     An error all ranks raised together (a failed start-up agreement check) is shown
     once, by rank 0, and every rank exits normally with status 1.
     """
-    from .comm.control import AgreedError
-    mpi = sys.modules.get('mpi4py.MPI')
+    mpi = sys.modules.get('mpi4py.MPI')   # loaded only if this run uses MPI
     running = mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
     world = mpi.COMM_WORLD if running and mpi.COMM_WORLD.Get_size() > 1 else None
-    agreed = world is not None and isinstance(error, AgreedError)
+    agreed = False
+    if world is not None:
+        from .comm.control import AgreedError
+        agreed = isinstance(error, AgreedError)
     if agreed and world.Get_rank() != 0:
         return
     where = f'rank {world.Get_rank()}: ' if world is not None else ''

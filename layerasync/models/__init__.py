@@ -1,11 +1,14 @@
 """The model zoo: prototxt files shipped with the package.
 
 ``path(name)`` gives the net definition ``<name>.prototxt``; ``names()`` lists
-them. Solver files are ``<name>_solver.prototxt``.
+them. Solver files are ``<name>_solver.prototxt``. ``resolve(value)`` reads
+what a user typed (``--model``, ``--solver``): a file, or a zoo name.
 """
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+__all__ = ['names', 'path', 'resolve']
 
 
 def names():
@@ -20,3 +23,15 @@ def path(name, kind='net'):
     if not os.path.exists(full):
         raise ValueError(f"no zoo model '{name}' ({fname}); known models: {', '.join(names())}")
     return full
+
+
+def resolve(value, kind='net'):
+    """``value`` itself if it reads as a file (it exists, holds a path separator
+    or ends in ``.prototxt``), else zoo model ``value``'s ``kind`` file (see
+    ``path``). ValueError naming both readings when it is neither."""
+    if os.path.exists(value) or os.sep in value or value.endswith('.prototxt'):
+        return value
+    try:
+        return path(value, kind)
+    except ValueError as e:
+        raise ValueError(f'{value}: no such file, and {e}') from None

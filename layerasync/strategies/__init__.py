@@ -59,8 +59,8 @@ STRATEGIES = {
     'async-layerwise': _Entry('async_layerwise', 'AsyncLayerwise', _no_argument,
                               'async-layerwise'),
     'delayed': _Entry('delayed', 'Delayed', _delay, 'delayed:K'),
-    'ps-sync': _Entry('ps', 'PsSync', _no_argument, 'ps-sync'),
-    'ps-async': _Entry('ps', 'PsAsync', _no_argument, 'ps-async'),
+    'ps-sync': _Entry('.ps.worker', 'PsSync', _no_argument, 'ps-sync'),
+    'ps-async': _Entry('.ps.worker', 'PsAsync', _no_argument, 'ps-async'),
 }
 
 

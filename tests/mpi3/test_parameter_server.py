@@ -2,7 +2,8 @@
 
 - the pieces cover the trainable parameters, balanced, never across two blobs,
   and ``Solver.update_slice`` on pieces is ``update_layer``;
-- ps-sync on W workers gives the weights of sync on the same W ranks;
+- ps-sync on W workers gives the weights of sync on the same W ranks, also
+  with a BatchNorm layer, whose statistics (lr_mult 0) are never pushed;
 - ps-async with staleness 0 gives those of ps-sync and never uses a stale weight;
 - ps-async with staleness 2 trains the embedded digits to within a point of
   sync, and the staleness it observes stays within the bound;
@@ -12,19 +13,19 @@
 Run with ``mpiexec -n 3 python -m pytest tests/mpi3`` (1 server, 2 workers);
 the last rank serves. At one rank (the serial run) only the local checks run.
 """
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from layerasync import models, proto, schema
+from layerasync import models, proto, ps, schema
 from layerasync.data import DataOptions
 from layerasync.net import load_net_param, set_batch_size
+from layerasync.ps.layout import Layout
 from layerasync.solver import get_solver, load_solver_param
 from layerasync.strategies import get_strategy
-from layerasync.strategies.ps_job import Layout
-from layerasync.strategies.ps_server import serve
 from layerasync.trainer import Log, Trainer
 
 WORLD = MPI.COMM_WORLD
@@ -34,11 +35,18 @@ ITERS = 12
 needs_job = pytest.mark.skipif(WORLD.size < 2, reason='needs 1 server and at least 1 worker')
 
 
-def lenet_param(batch=2, solver_extra='momentum: 0.9'):
+# LeNet with a BatchNorm layer after conv1: three blobs of lr_mult 0, never served.
+LENET_BN = open(models.path('lenet')).read().replace(
+    'layer {\n  name: "pool1"',
+    'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }\n'
+    'layer {\n  name: "pool1"')
+
+
+def lenet_param(batch=2, solver_extra='momentum: 0.9', net=None):
     param = proto.parse('base_lr: 0.01 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.0001 '
                         f'power: 0.75 max_iter: {ITERS} random_seed: 7 {solver_extra}',
                         schema.SolverParameter)
-    param.net_param = set_batch_size(load_net_param(models.path('lenet')), batch)
+    param.net_param = set_batch_size(load_net_param(net or models.path('lenet')), batch)
     return param
 
 
@@ -51,32 +59,33 @@ def digits_param(iters):
 
 def run(strategy, param, comm=WORLD, staleness=None, synthetic=True, trace=None, snapshot_at=None,
         resume=None, iters=None, servers=SERVERS):
-    """Train ``param`` with ``strategy`` on ``comm`` (the whole job for ps-*, with
-    the last ``servers`` ranks serving); a worker returns (trainer, strategy,
-    weights, or the snapshot written at iteration ``snapshot_at`` to
+    """Train ``param`` with ``strategy`` on ``comm`` (for ps-*, the whole job through
+    ``ps.run``, the last ``servers`` ranks serving); a worker returns (trainer,
+    strategy, weights, or the snapshot written at iteration ``snapshot_at`` to
     ``snapshot_prefix``), a server None."""
-    ps = strategy.startswith('ps-')
-    if ps and WORLD.rank >= WORLD.size - servers:
-        solver = get_solver(param, data=DataOptions(synthetic=True, prefetch=False))
-        try:
-            serve(solver, comm, strategy, servers=servers, staleness=staleness, trace=trace)
-        finally:
-            solver.close()
-        return None
-    rank, size = (comm.rank, WORLD.size - servers if ps else comm.size) if comm else (0, 1)
-    solver = get_solver(param, data=DataOptions(rank=rank, world_size=size, synthetic=synthetic))
-    extra = dict(servers=servers, staleness=staleness) if ps else {}
-    s = get_strategy(strategy, solver, comm, trace=trace, **extra)
-    try:
+    def train(s):
         if resume:
-            s.load_state_dict(solver.restore(resume))
-        trainer = Trainer(solver, s, s.comm, log=Log(quiet=True), progress=False, trace=trace)
+            s.load_state_dict(s.solver.restore(resume))
+        trainer = Trainer(s.solver, s, s.comm, log=Log(quiet=True), progress=False, trace=trace)
         if snapshot_at is not None:
             trainer.run(snapshot_at)
             trainer.snapshot()
             return trainer, s, trainer.last_snapshot
         trainer.run(iters)
-        return trainer, s, solver.net.arena.data.copy()
+        return trainer, s, s.solver.net.arena.data.copy()
+
+    options = DataOptions(synthetic=synthetic)
+    if strategy in ps.NAMES:
+        solver = get_solver(param, data=ps.role(comm, servers).data(options))
+        try:
+            return ps.run(comm, strategy, solver, train, servers, staleness, trace)
+        finally:
+            solver.close()
+    rank, size = (comm.rank, comm.size) if comm else (0, 1)
+    solver = get_solver(param, data=dataclasses.replace(options, rank=rank, world_size=size))
+    s = get_strategy(strategy, solver, comm, trace=trace)
+    try:
+        return train(s)
     finally:
         solver.close()
         s.close()
@@ -89,8 +98,7 @@ def workers(servers=SERVERS):
     """The workers' communicator when the last ``servers`` ranks serve
     (collective over the job at first use; None on a server)."""
     if servers not in _CACHE:
-        serving = WORLD.rank >= WORLD.size - servers
-        comm = WORLD.Split(MPI.UNDEFINED if serving else 0, WORLD.rank)
+        comm = WORLD.Split(MPI.UNDEFINED if ps.role(WORLD, servers).serving else 0, WORLD.rank)
         _CACHE[servers] = None if comm == MPI.COMM_NULL else comm
     return _CACHE[servers]
 
@@ -125,18 +133,31 @@ def test_pieces_cover_the_parameters_balanced_and_within_blobs():
     net = solver.net
     try:
         for servers in (1, 2, 3):
-            layout = Layout(net, servers)
+            layout = Layout(solver, servers)
             covered = np.zeros(net.arena.count, int)
             for p in layout.pieces:
                 covered[p.view] += 1
-                layer = net.layers[layout.layer[p.index]]
-                assert layout.name[p.index].startswith(layer.name)
-                segment = net.param_slice(layout.layer[p.index])
-                assert segment.start <= p.start < p.stop <= segment.stop
+                assert p.slot.lr_mult != 0
+                assert p.slot.view.start <= p.start < p.stop <= p.slot.view.stop
+                assert p in layout.by_layer[p.slot.layer] and p in layout.by_server[p.server]
             assert (covered == 1).all()   # lenet has no lr_mult 0 blob: all served once
             loads = [sum(p.stop - p.start for p in layout.by_server[s]) for s in range(servers)]
             assert max(loads) - min(loads) <= 0.1 * net.arena.count
-        assert len(Layout(net, 2).by_layer[net.layer_names.index('ip1')]) == 3   # ip1 split
+        assert len(Layout(solver, 2).by_layer[net.layer_names.index('ip1')]) == 3   # ip1 split
+    finally:
+        solver.close()
+
+
+def test_blobs_of_lr_mult_0_are_not_served():
+    solver = get_solver(lenet_param(net=LENET_BN), data=DataOptions(synthetic=True,
+                                                                   prefetch=False))
+    try:
+        layout = Layout(solver, 2)
+        bn = solver.net.layer_names.index('bn1')
+        assert bn in solver.slots_of and bn not in layout.by_layer
+        served = sum(p.stop - p.start for p in layout.pieces)
+        assert served == solver.net.arena.count - solver.net.param_slice(bn).stop + \
+            solver.net.param_slice(bn).start
     finally:
         solver.close()
 
@@ -150,9 +171,8 @@ def test_update_slice_piece_by_piece_is_update_layer():
             s.begin_update()
         for i in one.net.param_layers:
             one.update_layer(i)
-        layout = Layout(two.net, 3)
-        for p in layout.pieces:
-            two.update_slice(p.view, *layout.rule[p.index])
+        for p in Layout(two, 3).pieces:
+            two.update_slice(p.view, p.slot.lr_mult, p.slot.decay_mult)
         np.testing.assert_array_equal(one.net.arena.data, two.net.arena.data)
         np.testing.assert_array_equal(one.history[0], two.history[0])
         assert not two.net.arena.diff.any()
@@ -187,6 +207,20 @@ def test_ps_sync_equals_sync_on_the_same_workers(solver):
 @pytest.mark.skipif(WORLD.size < 3, reason='needs 2 servers and at least 1 worker')
 def test_two_servers_share_a_layer_and_still_give_sync():
     check_ps_sync_equals_sync(lenet_param, servers=2)
+
+
+@needs_job
+def test_ps_sync_with_batchnorm_equals_sync_and_never_pushes_its_statistics():
+    """Each worker keeps its own BatchNorm statistics, as each rank does under sync."""
+    from layerasync.trace import Trace
+    reference = sync_on_workers(lenet_param(net=LENET_BN))
+    trace = Trace(WORLD.rank)
+    mine = run('ps-sync', lenet_param(net=LENET_BN), trace=trace)
+    if mine is not None:
+        np.testing.assert_array_equal(mine[2], reference[2])
+        names = {e['name'] for e in trace.events}
+        assert 'push/pull conv1' in names and 'push/pull ip1' in names
+        assert not {'push/pull bn1', 'wait bn1'} & names, sorted(names)
 
 
 def check_ps_sync_equals_sync(make_param, servers):
@@ -253,7 +287,7 @@ def test_trace_holds_the_servers_spans():
     spans = load_spans(path)
     assert {sp['rank'] for sp in spans} == set(range(WORLD.size))
     server = [sp['name'] for sp in spans if sp['rank'] == WORKERS]
-    assert any(n.startswith('apply ip1[0] w0') for n in server)
+    assert any(n.startswith('apply ip1/0 w0') for n in server)
     worker = {sp['name'] for sp in spans if sp['rank'] == 0}
     assert {'wait conv1', 'push/pull ip2', 'forward conv1'} <= worker
 
