@@ -13,13 +13,16 @@ noise on shared machines; the median is stored too. Rank 0 writes JSON:
 ``{"ranks", "mpi", "sizes" (bytes), "allreduce_s", "iallreduce_s",
 "allreduce_median_s", "iallreduce_median_s"}`` (seconds per reduction).
 
-``--hooks SOLVER`` (a zoo name or a solver file) also measures what the
+``--hooks MODEL`` (a zoo name or a net file) also measures what the
 simulator calls the hook overhead: the compute thread's own time inside the
-strategy hooks that post and progress communication between layers. It
-trains ``--hook-iterations`` iterations of SOLVER (synthetic data) with the
-``layerwise`` strategy and the default communicator settings, times every
-``before_forward`` / ``after_backward`` call after a warm-up, and stores the
-mean as ``hook_overhead_s``, which ``layerasync sim --network`` then uses:
+strategy hooks that post and progress communication. It trains
+``--hook-iterations`` iterations of MODEL as ``layerasync bench`` does
+(``bench.make_solver``: synthetic data, the prototxt's batch; ``Solver.step``)
+with the ``layerwise`` strategy, the default communicator settings and the
+strategy's progress hook set inside long layers, as the trainer sets it. After
+a warm-up it times every ``before_forward`` / ``after_backward`` call and
+every progress call inside a layer, and stores their total time per layer
+hook call as ``hook_overhead_s``, which ``layerasync sim --network`` then uses:
 
     OMP_NUM_THREADS=1 mpiexec -n 2 python benchmarks/allreduce_sweep.py --json sweep.json \
         --hooks lenet
@@ -68,39 +71,62 @@ def sweep(comm, sizes, batches, budget):
     return result
 
 
-def hook_overhead(comm, solver_name, iterations, warmup=20):
-    """Mean seconds per strategy hook call (layerwise) over ``iterations`` iterations."""
-    from layerasync import models
-    from layerasync.data import DataOptions
-    from layerasync.solver import get_solver, load_solver_param
-    from layerasync.strategies import get_strategy
-    path = solver_name if solver_name.endswith('.prototxt') else models.path(solver_name, 'solver')
-    param = load_solver_param(path)
-    param.base_lr = 1e-4   # synthetic data: only the time matters, keep the loss finite
-    data = DataOptions(rank=comm.Get_rank(), world_size=comm.Get_size(), synthetic=True)
-    solver = get_solver(param, seed=0, data=data)
-    strategy = get_strategy('layerwise', solver, comm)
-    strategy.start()
-    spent = [0.0, 0]
+class TimedHooks:
+    """A strategy's hooks for ``Solver.step``, adding up the time spent in them:
+    ``before_forward`` / ``after_backward`` (counted in ``calls``) and the
+    progress hook that long layers call (``progress``, for ``Net.set_progress``)."""
 
-    def timed(hook):
-        def call(i):
-            start = time.perf_counter()
-            hook(i)
-            spent[0] += time.perf_counter() - start
-            spent[1] += 1
-        return call
-    before, after = timed(strategy.before_forward), timed(strategy.after_backward)
-    for k in range(warmup + iterations):
-        if k == warmup:
-            spent[:] = [0.0, 0]
-        solver.forward_backward(before_layer=before, after_layer=after)
-        strategy.end_iteration()
-        solver.iter += 1
-    strategy.finish()
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.inner = strategy.progress_hook()
+        self.progress = self._time_progress if self.inner is not None else None
+        self.reset()
+
+    def reset(self):
+        self.seconds, self.calls = 0.0, 0
+
+    def before_forward(self, i):
+        self._time(self.strategy.before_forward, i)
+
+    def after_backward(self, i):
+        self._time(self.strategy.after_backward, i)
+
+    def end_forward(self):
+        self.strategy.end_forward()
+
+    def _time(self, hook, i):
+        start = time.perf_counter()
+        hook(i)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+
+    def _time_progress(self):
+        start = time.perf_counter()
+        self.inner()
+        self.seconds += time.perf_counter() - start
+
+
+def hook_overhead(comm, model, iterations, warmup=20):
+    """Seconds in the strategy's hooks per layer hook call (layerwise), the slowest
+    rank's, over ``iterations`` iterations of ``model`` after ``warmup``."""
+    from layerasync.bench import make_solver
+    from layerasync.strategies import get_strategy
+    solver = make_solver(model, None, comm.Get_rank(), comm.Get_size())
+    strategy = get_strategy('layerwise', solver, comm)
+    try:
+        strategy.start()
+        hooks = TimedHooks(strategy)
+        solver.net.set_progress(hooks.progress)
+        solver.step(warmup, strategy, hooks)
+        strategy.finish()
+        hooks.reset()
+        solver.step(iterations, strategy, hooks)
+        strategy.finish()
+    finally:
+        solver.net.set_progress(None)
+        solver.close()
     strategy.close()
-    solver.close()
-    return comm.allreduce(spent[0] / spent[1], op=MPI.MAX)
+    return comm.allreduce(hooks.seconds / hooks.calls, op=MPI.MAX)
 
 
 def main():
@@ -112,8 +138,9 @@ def main():
     p.add_argument('--batches', type=int, default=7, help='timed batches per size (best is kept)')
     p.add_argument('--budget', type=float, default=1.0,
                    help='seconds of timing per size and kind (sets the repeats per batch)')
-    p.add_argument('--hooks', metavar='SOLVER',
-                   help='also measure the per-hook overhead training SOLVER with layerwise')
+    p.add_argument('--hooks', metavar='MODEL',
+                   help='also measure the per-hook overhead training MODEL (a zoo name or net '
+                        'file) with layerwise')
     p.add_argument('--hook-iterations', type=int, default=200)
     args = p.parse_args()
     comm = MPI.COMM_WORLD
@@ -125,7 +152,7 @@ def main():
     result = sweep(comm, sizes, args.batches, args.budget)
     if args.hooks:
         result['hook_overhead_s'] = hook_overhead(comm, args.hooks, args.hook_iterations)
-        result['hook_solver'] = args.hooks
+        result['hook_model'] = args.hooks
     if comm.Get_rank() == 0:
         result = {'ranks': comm.Get_size(), 'mpi': MPI.Get_library_version().splitlines()[0],
                   'host_cpus': platform.processor() or platform.machine(), **result}
