@@ -48,9 +48,9 @@ DIVERGED = re.compile(r'iteration (\d+): the loss is \S+ \(not finite\)')
 
 def default_strategies(solver, delays, low_momentum):
     """The three sets of runs described above, for ``solver`` (a file or zoo name)."""
-    from layerasync.cli import _zoo_or_path
+    from layerasync import models
     from layerasync.solver import load_solver_param
-    p = load_solver_param(_zoo_or_path(solver, 'solver'))
+    p = load_solver_param(models.resolve(solver, 'solver'))
     if not 0 <= low_momentum < p.momentum:
         raise SystemExit(f"{p.where_of('momentum')}: the solver's momentum is {p.momentum:g}; "
                          f'--low-momentum must be >= 0 and below it, got {low_momentum:g}')

@@ -160,7 +160,7 @@ def _rows(samples, names, model, solver, size, servers, comm_settings):
     rows = []
     for key in ['compute', 'comm'] + names:
         t = med[key]
-        row = {'model': model, 'batch': solver.net.blobs[next(iter(solver.net.blobs))].shape[0],
+        row = {'model': model, 'batch': solver.net.batch_size,
                'ranks': size, 'servers': servers if key in ps.NAMES else 0,
                'row': key, 'ms_per_iter': 1e3 * t, 'iters_per_s': 1 / t,
                'spread': (max(samples[key]) - min(samples[key])) / t,

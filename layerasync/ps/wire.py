@@ -42,7 +42,7 @@ class Wire:
         solver history."""
         settings = {'strategy': name, 'staleness': staleness, 'servers': self.servers,
                     'workers': self.workers, **update_rule(solver),
-                    'batch': [tuple(b.shape) for b in solver.net.blobs.values()][:1]}
+                    'batch': solver.net.batch_size}
         iteration = np.array([solver.iter], np.int64)
         agree(Control(self.control), describe_run(solver.net, settings),
               [iteration, solver.net.arena.data, *solver.history], self.describe)

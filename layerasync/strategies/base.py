@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .agree import agree
+
 __all__ = ['Strategy', 'AllreduceStrategy']
 
 
@@ -184,11 +186,8 @@ class AllreduceStrategy(Strategy):
     # -- start-up ---------------------------------------------------------------
     def start(self):
         """Check that all ranks built the same net and settings, then use rank 0's weights."""
-        if self.comm is None:
-            return
-        net = self.net
-        self.comm.check_same(describe_run(net, self.settings()))
-        self.comm.bcast(net.arena.data, root=0)
+        if self.comm is not None:
+            agree(self.comm.control, describe_run(self.net, self.settings()), [self.net.arena.data])
 
     def settings(self):
         return {'strategy': self.name, 'argument': getattr(self, 'argument', None),
