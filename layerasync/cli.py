@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from . import bench, models, plot, proto, ps, schema
+from . import bench, models, plot, proto, ps, schema, strategies
 from ._threads import blas_threads
 from .launch import cli as launch_cli
 from .sim import cli as sim_cli
@@ -77,7 +77,6 @@ def _comm_settings(args):
 
 def cmd_train(args):
     from .solver import get_solver, load_solver_param
-    from .strategies import get_strategy
     if args.weights and args.snapshot:
         raise SystemExit('layerasync train: give --weights (fine-tune) or --snapshot (resume), not both')
     param = _apply_overrides(load_solver_param(models.resolve(args.solver, 'solver')), args.set)
@@ -98,8 +97,8 @@ def cmd_train(args):
     solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
     ps_settings = (dict(servers=args.servers, staleness=args.staleness)
                    if args.strategy in ps.NAMES else {})
-    strategy = get_strategy(args.strategy, solver, world, trace=trace, **_comm_settings(args),
-                            **ps_settings)
+    strategy = strategies.get_strategy(args.strategy, solver, world, trace=trace,
+                                       **_comm_settings(args), **ps_settings)
     try:
         results = _train(args, strategy, trace)
     finally:
@@ -211,9 +210,7 @@ def parser():
     p.add_argument('--solver', required=True, help='solver prototxt, or a zoo model name')
     p.add_argument('--weights', help='initial weights (.weights.npz) to fine-tune from')
     p.add_argument('--snapshot', help='resume from a .solverstate.npz')
-    p.add_argument('--strategy', default='sync',
-                   help='sync, layerwise[:all|ordered|lazy], async-layerwise, delayed:K, '
-                        'ps-sync, ps-async')
+    p.add_argument('--strategy', default='sync', help=strategies.known())
     p.add_argument('--servers', type=int, default=1, metavar='S',
                    help='ps-*: the last S ranks serve parameters, the others train (default 1)')
     p.add_argument('--staleness', type=int, metavar='S',

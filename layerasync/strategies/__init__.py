@@ -46,21 +46,21 @@ def _delay(name, argument):
 
 
 class _Entry(NamedTuple):
-    module: str          # in this package, imported when the strategy is built
+    module: str          # below the layerasync package, imported when the strategy is built
     cls: str
     parse: Callable      # (name, argument text or None) -> the argument's value
     spelling: str        # how the name and its argument are written, for messages
 
 
 STRATEGIES = {
-    'sync': _Entry('sync', 'Sync', _no_argument, 'sync'),
-    'layerwise': _Entry('layerwise', 'Layerwise', _apply_order,
+    'sync': _Entry('strategies.sync', 'Sync', _no_argument, 'sync'),
+    'layerwise': _Entry('strategies.layerwise', 'Layerwise', _apply_order,
                         f"layerwise[:{'|'.join(LAYERWISE_ORDERS)}]"),
-    'async-layerwise': _Entry('async_layerwise', 'AsyncLayerwise', _no_argument,
+    'async-layerwise': _Entry('strategies.async_layerwise', 'AsyncLayerwise', _no_argument,
                               'async-layerwise'),
-    'delayed': _Entry('delayed', 'Delayed', _delay, 'delayed:K'),
-    'ps-sync': _Entry('.ps.worker', 'PsSync', _no_argument, 'ps-sync'),
-    'ps-async': _Entry('.ps.worker', 'PsAsync', _no_argument, 'ps-async'),
+    'delayed': _Entry('strategies.delayed', 'Delayed', _delay, 'delayed:K'),
+    'ps-sync': _Entry('ps.worker', 'PsSync', _no_argument, 'ps-sync'),
+    'ps-async': _Entry('ps.worker', 'PsAsync', _no_argument, 'ps-async'),
 }
 
 
@@ -94,8 +94,7 @@ def get_strategy(spec, solver, mpi_comm=None, trace=None, **comm_settings):
     ``mpi_comm``: an mpi4py communicator (None: one process, no MPI);
     ``comm_settings``: the communicator's bucket, chunk and progress settings.
     """
-    name, _ = parse_strategy(spec)
+    name, argument = parse_strategy(spec)
     entry = STRATEGIES[name]
-    strategy_class = getattr(importlib.import_module(f'.{entry.module}', __name__), entry.cls)
-    return strategy_class(solver, mpi_comm, spec.partition(':')[2] or None, trace=trace,
-                          **comm_settings)
+    strategy_class = getattr(importlib.import_module(f'..{entry.module}', __name__), entry.cls)
+    return strategy_class(solver, mpi_comm, argument, trace=trace, **comm_settings)

@@ -50,12 +50,12 @@ def describe_run(net, settings):
 
 class Strategy:
     name = None
-    takes_argument = False
 
     def __init__(self, solver, mpi_comm=None, argument=None, trace=None):
-        """``mpi_comm`` is an mpi4py communicator, or None for one process."""
-        if argument is not None and not self.takes_argument:
-            raise ValueError(f"strategy '{self.name}' takes no argument (got ':{argument}')")
+        """``mpi_comm`` is an mpi4py communicator, or None for one process;
+        ``argument`` the value ``strategies.parse_strategy`` read after the
+        colon (None for strategies that take none)."""
+        self.argument = argument
         self.solver = solver
         self.net = solver.net
         self.mpi_comm = mpi_comm
@@ -130,7 +130,6 @@ class AllreduceStrategy(Strategy):
 
     def __init__(self, solver, mpi_comm=None, argument=None, trace=None, **comm_settings):
         super().__init__(solver, mpi_comm, argument, trace)
-        self.parse_argument(argument)
         arena = self.net.arena
         self.buffers = [arena.diff] + [np.zeros_like(arena.diff)
                                        for _ in range(self.gradient_sets - 1)]
@@ -145,9 +144,6 @@ class AllreduceStrategy(Strategy):
             # A bucket is complete once its last layer in backward order is.
             self.trigger = {b.layers[-1]: b.index for b in self.buckets}
         self.grad_scale = 1.0 / self.size
-
-    def parse_argument(self, argument):
-        """Subclasses with ``takes_argument`` read ``name:argument`` here."""
 
     # -- hooks ------------------------------------------------------------
     def before_forward(self, i):
@@ -190,7 +186,7 @@ class AllreduceStrategy(Strategy):
             agree(self.comm.control, describe_run(self.net, self.settings()), [self.net.arena.data])
 
     def settings(self):
-        return {'strategy': self.name, 'argument': getattr(self, 'argument', None),
+        return {'strategy': self.name, 'argument': self.argument,
                 **update_rule(self.solver),
                 'batch': self.net.batch_size,
                 'ranks': self.size,

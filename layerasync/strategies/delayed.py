@@ -25,16 +25,15 @@ from .base import AllreduceStrategy
 
 class Delayed(AllreduceStrategy):
     name = 'delayed'
-    takes_argument = True
 
-    def parse_argument(self, argument):
-        if argument is None or not argument.isdigit() or int(argument) < 1:
-            raise ValueError(f"delayed:K needs a delay K >= 1 (e.g. delayed:1), got "
-                             f"'delayed{':' + argument if argument else ''}'; "
-                             'K = 0 is the sync strategy')
-        self.argument = argument
-        self.delay = int(argument)
-        self.gradient_sets = self.delay + 1
+    @property
+    def delay(self):
+        """K, the argument (``strategies.parse_strategy`` checked K >= 1)."""
+        return self.argument
+
+    @property
+    def gradient_sets(self):
+        return self.delay + 1
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

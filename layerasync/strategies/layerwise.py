@@ -11,17 +11,10 @@ order waits for all buckets first.)
 """
 from .base import AllreduceStrategy
 
-ORDERS = ('all', 'ordered', 'lazy')
-
 
 class Layerwise(AllreduceStrategy):
+    """``argument``: the apply order, one of ``strategies.LAYERWISE_ORDERS``."""
     name = 'layerwise'
-    takes_argument = True
-
-    def parse_argument(self, argument):
-        self.argument = argument or 'all'
-        if self.argument not in ORDERS:
-            raise ValueError(f"layerwise apply order '{argument}' is not one of {', '.join(ORDERS)}")
 
     def end_iteration(self):
         s, comm = self.solver, self.comm
