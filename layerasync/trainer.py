@@ -11,6 +11,7 @@ metrics (each line carries the rank). A non-finite loss stops training with
 the iteration and the first layer that produced a non-finite value; snapshots
 already written stay on disk.
 """
+import dataclasses
 import json
 import math
 import sys
@@ -76,7 +77,7 @@ class Trainer:
         if max_iter is None:
             raise ValueError(f'{p.where}: max_iter is required to train')
         self.start_time = time.perf_counter()
-        self.strategy.start()
+        self.strategy.start(self.context(max_iter))
         s.net.set_progress(self.strategy.progress_hook())
         bar = self._open_bar(s.iter, max_iter)
         self.losses = deque(maxlen=max(1, p.average_loss))
@@ -115,6 +116,17 @@ class Trainer:
                 self.metrics_file.flush()
         self.log('Optimization Done.')
         return self.test_results[-1] if self.test_results else {}
+
+    def context(self, max_iter):
+        """What this trainer adds to the ranks' start-up agreement: everything
+        of its own that decides when it makes collective calls (the solver's
+        schedule fields are the strategy's to describe)."""
+        s = self.solver
+        data = dataclasses.asdict(s.data_options)
+        del data['rank']   # the one setting that differs between ranks
+        return [f'trainer: resume at iteration {s.iter}', f'trainer: train until iteration {max_iter}',
+                f'trainer: seed {s.seed}', f'trainer: traced {self.trace is not None}',
+                *(f'trainer: data {key} = {value!r}' for key, value in data.items())]
 
     def _on_loss(self, loss):
         """Before the update: stop on divergence, display the averaged loss."""

@@ -140,6 +140,6 @@ def test_ranks_with_different_solver_settings_stop_at_start(tmp_path):
                '-n', '1', *LAYERASYNC, *common, '--set', 'momentum=0.5']
     out = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=90)
     assert out.returncode != 0
-    assert out.stderr.count('rank 1 differs from rank 0: rank 0 has setting momentum = 0.9, '
-                            'rank 1 has setting momentum = 0.5') == 1, out.stderr
+    assert out.stderr.count('rank 1 differs from rank 0: rank 0 has solver.momentum = 0.9, '
+                            'rank 1 has solver.momentum = 0.5') == 1, out.stderr
     assert 'Iteration 0' not in out.stdout

@@ -8,8 +8,7 @@ import numpy as np
 
 from ..comm import job
 from ..comm.control import Control
-from ..strategies.agree import agree
-from ..strategies.base import describe_run, update_rule
+from ..strategies.agree import agree, describe
 from . import REQUEST, role
 
 __all__ = ['Wire']
@@ -41,10 +40,9 @@ class Wire:
         and settings, then give every rank world rank 0's iteration, weights and
         solver history."""
         settings = {'strategy': name, 'staleness': staleness, 'servers': self.servers,
-                    'workers': self.workers, **update_rule(solver),
-                    'batch': solver.net.batch_size}
+                    'workers': self.workers, 'solver': solver.type, 'batch': solver.net.batch_size}
         iteration = np.array([solver.iter], np.int64)
-        agree(Control(self.control), describe_run(solver.net, settings),
+        agree(Control(self.control), describe(solver, settings),
               [iteration, solver.net.arena.data, *solver.history], self.describe)
         solver.iter = int(iteration[0])
 

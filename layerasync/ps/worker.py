@@ -23,6 +23,7 @@ from collections import Counter
 
 import numpy as np
 
+from ..strategies.agree import agree
 from ..strategies.base import Strategy
 from . import GATHER, PULL, REPLY, STOP, TRACE, check_solver, staleness_bound
 from .layout import Layout
@@ -62,10 +63,13 @@ class ParameterServerStrategy(Strategy):
         self.complete = np.zeros(n, np.int64)   # clocks fully included in the weights held
         self.in_flight = {}                     # layer -> (requests, post time)
 
-    def start(self):
-        """Collective over the whole job (servers included)."""
+    def start(self, context=()):
+        """Collective over the whole job (servers included); then the workers
+        agree on the caller's ``context`` (the trainer's schedule), which the
+        servers do not follow."""
         if self.wire is not None:
             self.wire.start(self.solver, self.name, self.staleness)
+            agree(self.comm, list(context), describe=self.wire.describe)
             self.complete[:] = self.solver.iter
 
     # -- hooks ------------------------------------------------------------

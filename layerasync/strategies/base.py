@@ -23,30 +23,12 @@ import time
 
 import numpy as np
 
-from .agree import agree
+from .agree import agree, describe
 
 __all__ = ['Strategy', 'AllreduceStrategy']
 
 
 _NOT_TRACED = contextlib.nullcontext()   # what ``span`` returns when nothing is traced
-
-# The solver fields an update reads (the rule and the learning-rate policy).
-RULE_FIELDS = ('base_lr', 'lr_policy', 'gamma', 'power', 'stepsize', 'stepvalue', 'max_iter',
-               'momentum', 'momentum2', 'delta', 'weight_decay', 'regularization_type',
-               'clip_gradients', 'iter_size')
-
-
-def update_rule(solver):
-    """The solver settings every rank must share for their updates to agree."""
-    return {'solver': solver.type, **{field: getattr(solver.param, field) for field in RULE_FIELDS}}
-
-
-def describe_run(net, settings):
-    """What every rank must agree on, as lines: parameter names and shapes, settings."""
-    lines = [f'parameter {name}[{k}] of shape {tuple(b.shape)}'
-             for name, blobs in net.params.items() for k, b in enumerate(blobs)]
-    return lines + [f'setting {key} = {value!r}' for key, value in sorted(settings.items())]
-
 
 class Strategy:
     name = None
@@ -64,8 +46,13 @@ class Strategy:
         self.trace = trace
         self.comm = None   # control-path collectives (bcast, means), when distributed
 
-    def start(self):
-        """Collective: called once on every rank before the first iteration."""
+    def start(self, context=()):
+        """Collective: called once on every rank before the first iteration.
+
+        Distributed strategies check that every rank agrees on the run
+        (``strategies.agree``: net, solver, settings, and the caller's
+        ``context`` lines) and take rank 0's weights.
+        """
 
     def before_forward(self, i):
         """Layer ``i`` is about to run forward."""
@@ -180,14 +167,14 @@ class AllreduceStrategy(Strategy):
             self.comm.wait_all()
 
     # -- start-up ---------------------------------------------------------------
-    def start(self):
-        """Check that all ranks built the same net and settings, then use rank 0's weights."""
+    def start(self, context=()):
+        """Check that all ranks agree on the run, then use rank 0's weights."""
         if self.comm is not None:
-            agree(self.comm.control, describe_run(self.net, self.settings()), [self.net.arena.data])
+            agree(self.comm.control, describe(self.solver, self.settings(), context),
+                  [self.net.arena.data])
 
     def settings(self):
-        return {'strategy': self.name, 'argument': self.argument,
-                **update_rule(self.solver),
+        return {'strategy': self.name, 'argument': self.argument, 'solver': self.solver.type,
                 'batch': self.net.batch_size,
                 'ranks': self.size,
                 # What is in force (a progress engine that fell back is seen), not what was asked.

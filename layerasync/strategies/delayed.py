@@ -5,9 +5,11 @@ for g(t-K) — reduced during the last K iterations — and applies it:
 
     w(t+1) = w(t) - U(g(w(t-K)), lr(t))          (no update while t < K)
 
-where U is the solver's rule, so with momentum h(t+1) = m h(t) + lr(t) g(t-K)
-and w(t+1) = w(t) - h(t+1): the history sees the delayed gradients in order,
-exactly once each. K = 0 would be ``sync``.
+where U is the solver's rule, so with momentum
+h(t+1) = m h(t) + lr(t) (g(w(t-K)) + decay w(t)) and w(t+1) = w(t) - h(t+1):
+only the data gradient is stale (weight decay reads the current weights), and
+the history sees the delayed gradients in order, exactly once each. K = 0
+would be ``sync``.
 
 Memory: K + 1 gradient sets, i.e. K arenas of the size of the parameters on
 top of the net's own. Backward of iteration t writes set t mod (K+1); the set
@@ -41,8 +43,8 @@ class Delayed(AllreduceStrategy):
         self.in_flight = deque()
         self.posts = 0
 
-    def start(self):
-        super().start()
+    def start(self, context=()):
+        super().start(context)
         self.net.arena.use_diff(self.buffers[self.solver.iter % self.gradient_sets])
 
     def close(self):
