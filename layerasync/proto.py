@@ -242,9 +242,21 @@ class Message:
         return field.default
 
     def __setattr__(self, name, value):
+        """Set a field in code; it no longer has a place in the file, so
+        ``where_of`` it is the message's location from now on."""
         if name not in self._schema.fields:
             raise AttributeError(f'{self._schema.name} has no field {name!r}')
         self._values[name] = value
+        self._positions.pop(name, None)
+
+    def update(self, other):
+        """Set every field that ``other`` (a message of the same schema) sets,
+        with its locations: ``--set`` overrides keep ``--set field`` as theirs."""
+        if other.schema is not self._schema:
+            raise TypeError(f'cannot update a {self._schema.name} from a {other.schema.name}')
+        for name, value in other.items():
+            self._values[name] = value
+            self._positions[name] = other.where_of(name)
 
     def has(self, name):
         return name in self._values

@@ -53,18 +53,63 @@ def _resolve(path, solver_file):
     return beside if os.path.exists(beside) else path
 
 
+class _Allowed(NamedTuple):
+    """A field's allowed values: ``test(value)`` says whether a value is in, ``text`` how to write them."""
+    test: object
+    text: str
+
+
+_ANY = _Allowed(math.isfinite, 'any finite number')
+_NON_NEGATIVE = _Allowed(lambda v: 0 <= v < math.inf, '>= 0')
+_POSITIVE = _Allowed(lambda v: 0 < v < math.inf, '> 0')
+_AT_LEAST_1 = _Allowed(lambda v: v >= 1, '>= 1')
+_FRACTION = _Allowed(lambda v: 0 <= v < 1, 'in [0, 1)')
+_DECAY = _Allowed(lambda v: 0 < v <= 1, 'in (0, 1]')
+
+# The solver fields every solver reads and what they may be (Caffe's meaning;
+# Caffe itself checks few of them). Repeated fields: every value.
+_FIELDS = {
+    'base_lr': _NON_NEGATIVE,
+    'momentum': _FRACTION,        # SGD, Nesterov; Adam's beta1
+    'momentum2': _FRACTION,       # Adam's beta2
+    'delta': _POSITIVE,           # Adam's epsilon
+    'rms_decay': _FRACTION,
+    'weight_decay': _NON_NEGATIVE,
+    # Caffe clips to this global norm; a negative value (the default, -1) turns
+    # clipping off, 0 would zero every gradient.
+    'clip_gradients': _Allowed(lambda v: v < 0 or 0 < v < math.inf,
+                               '< 0 (off) or > 0 (the largest gradient norm)'),
+    'iter_size': _AT_LEAST_1,
+    'max_iter': _AT_LEAST_1,
+    'test_iter': _AT_LEAST_1,
+    'test_interval': _NON_NEGATIVE,   # 0: never test
+    'display': _NON_NEGATIVE,         # 0: never display
+    'snapshot': _NON_NEGATIVE,        # 0: no intermediate snapshots
+    'average_loss': _AT_LEAST_1,
+    'device_id': _NON_NEGATIVE,
+}
+
+
+def _exp(x):
+    """e ** x, inf where it overflows (as Caffe's double arithmetic gives)."""
+    return math.exp(x) if x < 709 else math.inf
+
+
 # Learning-rate policies as in Caffe's SGDSolver::GetLearningRate; each names
-# the fields it needs, checked once when the solver is built.
+# the fields it needs and their allowed values, checked when the solver is built.
 _POLICIES = {
-    'fixed': ((), lambda p, it: p.base_lr),
-    'step': (('gamma', 'stepsize'), lambda p, it: p.base_lr * p.gamma ** (it // p.stepsize)),
-    'exp': (('gamma',), lambda p, it: p.base_lr * p.gamma ** it),
-    'inv': (('gamma', 'power'), lambda p, it: p.base_lr * (1 + p.gamma * it) ** -p.power),
-    'multistep': (('gamma', 'stepvalue'),
+    'fixed': ({}, lambda p, it: p.base_lr),
+    'step': ({'gamma': _DECAY, 'stepsize': _AT_LEAST_1},
+             lambda p, it: p.base_lr * p.gamma ** (it // p.stepsize)),
+    'exp': ({'gamma': _DECAY}, lambda p, it: p.base_lr * p.gamma ** it),
+    'inv': ({'gamma': _NON_NEGATIVE, 'power': _NON_NEGATIVE},
+            lambda p, it: p.base_lr * (1 + p.gamma * it) ** -p.power),
+    'multistep': ({'gamma': _DECAY, 'stepvalue': _NON_NEGATIVE},
                   lambda p, it: p.base_lr * p.gamma ** sum(it >= s for s in p.stepvalue)),
-    'poly': (('power', 'max_iter'), lambda p, it: p.base_lr * (1 - it / p.max_iter) ** p.power),
-    'sigmoid': (('gamma', 'stepsize'),
-                lambda p, it: p.base_lr / (1 + math.exp(-p.gamma * (it - p.stepsize)))),
+    'poly': ({'power': _NON_NEGATIVE, 'max_iter': _AT_LEAST_1},
+             lambda p, it: p.base_lr * (1 - it / p.max_iter) ** p.power),
+    'sigmoid': ({'gamma': _ANY, 'stepsize': _NON_NEGATIVE},
+                lambda p, it: p.base_lr / (1 + _exp(-p.gamma * (it - p.stepsize)))),
 }
 
 
@@ -142,22 +187,34 @@ class Solver:
 
     # -- construction -----------------------------------------------------
     def _validate(self):
+        """Every field the solver reads in its allowed range (``_FIELDS``, and
+        the learning-rate policy's own fields); errors name the field, where
+        it was set, its value and what is allowed."""
         p = self.param
         if p.base_lr is None:
             raise SolverError(f'{p.where}: base_lr is required')
         if p.lr_policy not in _POLICIES:
             raise SolverError(f"{p.where_of('lr_policy')}: unknown lr_policy '{p.lr_policy}'; "
                               f"known: {', '.join(_POLICIES)}")
-        for name in _POLICIES[p.lr_policy][0]:
+        policy_fields = _POLICIES[p.lr_policy][0]
+        for name in policy_fields:
             missing = (not getattr(p, name)) if name == 'stepvalue' else getattr(p, name) is None
             if missing:
                 raise SolverError(f"{p.where_of('lr_policy')}: lr_policy '{p.lr_policy}' needs "
                                   f"'{name}' in the solver")
+        for name, allowed in {**_FIELDS, **policy_fields}.items():
+            value = getattr(p, name)
+            for v in (value if isinstance(value, list) else [value]):
+                if v is not None and not allowed.test(v):
+                    policy = f" for lr_policy '{p.lr_policy}'" if name in policy_fields else ''
+                    raise SolverError(f'{p.where_of(name)}: {name} is {v!r}; it must be '
+                                      f'{allowed.text}{policy}')
+        if p.lr_policy == 'multistep' and p.stepvalue != sorted(set(p.stepvalue)):
+            raise SolverError(f"{p.where_of('stepvalue')}: stepvalue {p.stepvalue} must increase "
+                              'strictly (the iterations at which the rate drops)')
         if p.regularization_type not in ('L1', 'L2'):
             raise SolverError(f"{p.where_of('regularization_type')}: regularization_type must be "
                               f"L1 or L2, not '{p.regularization_type}'")
-        if p.iter_size < 1:
-            raise SolverError(f"{p.where_of('iter_size')}: iter_size must be >= 1")
         if len(p.test_iter) != len(self._test_net_params()):
             raise SolverError(f"{p.where_of('test_iter')}: {len(p.test_iter)} test_iter values "
                               f'for {len(self._test_net_params())} test nets')

@@ -209,7 +209,7 @@ def test_snapshot_of_another_net_is_refused(tmp_path):
     ('lr_policy: "cosine"', "unknown lr_policy 'cosine'; known: fixed, step, exp, inv, multistep, poly, sigmoid"),
     ('lr_policy: "step" stepsize: 3', "lr_policy 'step' needs 'gamma' in the solver"),
     ('lr_policy: "multistep" gamma: 0.1', "lr_policy 'multistep' needs 'stepvalue'"),
-    ('iter_size: 0', 'iter_size must be >= 1'),
+    ('iter_size: 0', 'iter_size is 0; it must be >= 1'),
     ('regularization_type: "L3"', 'regularization_type must be L1 or L2'),
     ('test_iter: 3', None),
 ])
