@@ -11,11 +11,29 @@ Supported syntax: nested messages written ``name { }`` or ``name: { }``
 (``< >`` too), repeated fields, ``[a, b]`` lists, strings in either quote kind
 (adjacent strings concatenate, C escapes), ints, floats (``1e-4``, ``-.5``,
 ``inf``, ``nan``), booleans, enum identifiers and ``#`` comments.
+
+Limits, so that no input can exhaust the reader: a file is read up to
+``MAX_BYTES`` (64 MiB; the environment variable ``LAYERASYNC_MAX_PROTOTXT``
+sets another, in bytes or with a K, M or G suffix), so ``/dev/zero`` or an
+endless pipe is an error naming the file and the limit; messages nest at most
+``MAX_DEPTH`` (100, protobuf's own limit) deep; and an integer must fit the
+field's Caffe type (``int32``, ``uint32``, ``int64``), so ``num_output: 1e30``
+or ``pad: -1`` is an error at its ``file:line:col``.
 """
 import os
 import re
 
-__all__ = ['ProtoError', 'Message', 'Field', 'Schema', 'parse', 'parse_file', 'load']
+from .memory import parse_size
+
+__all__ = ['ProtoError', 'Message', 'Field', 'Schema', 'parse', 'parse_file', 'load',
+           'max_bytes', 'MAX_BYTES', 'MAX_DEPTH', 'INT_RANGES']
+
+MAX_BYTES = 64 << 20
+MAX_BYTES_VARIABLE = 'LAYERASYNC_MAX_PROTOTXT'
+MAX_DEPTH = 100
+# Caffe's integer types: the closed range of values each can hold.
+INT_RANGES = {'int32': (-2 ** 31, 2 ** 31 - 1), 'uint32': (0, 2 ** 32 - 1),
+              'int64': (-2 ** 63, 2 ** 63 - 1)}
 
 
 class ProtoError(ValueError):
@@ -114,7 +132,11 @@ class _Parser:
             raise ProtoError(f'{tok.where}: expected {what}, found {tok.describe()}')
         return tok
 
-    def message(self, closing):
+    def message(self, closing, opened=None, depth=0):
+        """The entries up to ``closing`` (None: end of file); ``opened`` is the
+        token that opened this message, ``depth`` how many enclose it."""
+        if depth > MAX_DEPTH:
+            raise ProtoError(f'{opened.where}: messages nested more than {MAX_DEPTH} deep')
         entries = []
         while True:
             tok = self.peek()
@@ -127,11 +149,11 @@ class _Parser:
                 want = f"a field name or '{closing}'" if closing else 'a field name'
                 raise ProtoError(f'{tok.where}: expected {want}, found {tok.describe()}')
             self.take()
-            entries.extend(self.field(tok))
+            entries.extend(self.field(tok, depth))
             if self.peek().kind == 'symbol' and self.peek().text in ',;':
                 self.take()
 
-    def field(self, name):
+    def field(self, name, depth):
         tok = self.peek()
         colon = tok.kind == 'symbol' and tok.text == ':'
         if colon:
@@ -139,7 +161,7 @@ class _Parser:
             tok = self.peek()
         if tok.kind == 'symbol' and tok.text in '{<':
             self.take()
-            body = self.message('}' if tok.text == '{' else '>')
+            body = self.message('}' if tok.text == '{' else '>', tok, depth + 1)
             return [(name.text, body, name.where)]
         if not colon:
             raise ProtoError(f"{tok.where}: expected ':' or '{{' after field "
@@ -179,7 +201,8 @@ class _Scalar:
 # --------------------------------------------------------------------- schema
 
 class Field:
-    """One field of a message: kind is int, float, bool, str, enum or msg."""
+    """One field of a message: kind is int32, uint32, int64 (``INT_RANGES``),
+    float, bool, str, enum or msg."""
 
     def __init__(self, kind, default=None, repeated=False, values=None, message=None):
         self.kind, self.default, self.repeated = kind, default, repeated
@@ -191,7 +214,10 @@ class Field:
             return 'one of ' + ', '.join(self.values)
         if self.kind == 'msg':
             return f'a {self.schema.name} message {{ ... }}'
-        return {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
+        if self.kind in INT_RANGES:
+            low, high = INT_RANGES[self.kind]
+            return f'an integer in [{low}, {high}] ({self.kind})'
+        return {'float': 'a number', 'bool': 'true or false',
                 'str': 'a quoted string'}[self.kind]
 
     @property
@@ -302,13 +328,17 @@ def _convert(field, scalar):
         if kind == 'ident' and text in field.values:
             return text
         raise bad()
-    if field.kind == 'int':
+    if field.kind in INT_RANGES:
         if kind != 'number':
             raise bad()
         try:
-            return int(text, 0)
+            value = int(text, 0)
         except ValueError:
             raise bad() from None
+        low, high = INT_RANGES[field.kind]
+        if not low <= value <= high:
+            raise bad()
+        return value
     if field.kind == 'float':
         if kind == 'ident' and text.lstrip('-').lower() in ('inf', 'infinity', 'nan'):
             return float(text)
@@ -345,20 +375,47 @@ def _build(schema, entries, where):
     return msg
 
 
+def max_bytes():
+    """The largest prototxt read: ``$LAYERASYNC_MAX_PROTOTXT`` if set, else ``MAX_BYTES``."""
+    text = os.environ.get(MAX_BYTES_VARIABLE)
+    if text is None:
+        return MAX_BYTES
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise ProtoError(f'{MAX_BYTES_VARIABLE}={text!r}: {e}') from None
+
+
+def _too_large(filename, limit):
+    return ProtoError(f'{filename}: larger than {limit:,} bytes, the limit for a prototxt; '
+                      f'set {MAX_BYTES_VARIABLE} (bytes, or with a K, M or G suffix) to read more')
+
+
 def parse(text, schema, filename='<string>'):
     """Parse prototxt ``text`` as a ``schema`` message; errors name ``filename``."""
+    limit = max_bytes()
+    if len(text) > limit:
+        raise _too_large(filename, limit)
     entries = _Parser(text, filename).message(None)
     return _build(schema, entries, Where(f'{filename}:1:1'))
 
 
 def parse_file(path, schema):
-    """Parse the prototxt file at ``path``; a missing file is a clear error."""
+    """Parse the prototxt file at ``path`` (read up to ``max_bytes()``); a
+    missing, unreadable or oversized file is a clear error."""
     path = os.fspath(path)
+    limit = max_bytes()
     try:
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
+        with open(path, 'rb') as f:
+            raw = f.read(limit + 1)
+        if len(raw) > limit:
+            raise _too_large(path, limit)
+        text = raw.decode('utf-8')
     except FileNotFoundError:
         raise ProtoError(f'{path}: no such file (expected a {schema.name} prototxt)') from None
+    except OSError as e:
+        raise ProtoError(f'{path}: cannot read it ({e.strerror}; expected a {schema.name} '
+                         'prototxt)') from None
     except UnicodeDecodeError as e:
         raise ProtoError(f'{path}: not a text file ({e.reason} at byte {e.start})') from None
     return parse(text, schema, path)

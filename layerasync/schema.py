@@ -4,6 +4,9 @@ This is the subset of BVLC Caffe's ``caffe.proto`` that layerasync implements.
 A field missing here is rejected by the reader with the list of known fields,
 so a user never trains a net whose prototxt was silently half-read.
 Fields that only select a Caffe engine or backend are accepted and ignored.
+Integer fields have Caffe's types (int32, uint32, int64), which the reader
+enforces: a negative ``pad`` or a ``num_output`` beyond 2**32 - 1 is a
+parse error, as it is for Caffe's protobuf reader.
 """
 from .proto import Field, Schema
 
@@ -30,22 +33,22 @@ def rep_msg(schema):
 
 ENGINE = enum('DEFAULT CAFFE CUDNN', 'DEFAULT')
 
-BlobShape = Schema('BlobShape', dim=rep('int'))
+BlobShape = Schema('BlobShape', dim=rep('int64'))
 
 FillerParameter = Schema(
     'FillerParameter',
     type=opt('str', 'constant'), value=opt('float', 0.0),
     min=opt('float', 0.0), max=opt('float', 1.0),
-    mean=opt('float', 0.0), std=opt('float', 1.0), sparse=opt('int', -1),
+    mean=opt('float', 0.0), std=opt('float', 1.0), sparse=opt('int32', -1),
     variance_norm=enum('FAN_IN FAN_OUT AVERAGE', 'FAN_IN'))
 
 NetStateRule = Schema(
     'NetStateRule', phase=enum('TRAIN TEST', None),
-    min_level=opt('int'), max_level=opt('int'),
+    min_level=opt('int32'), max_level=opt('int32'),
     stage=rep('str'), not_stage=rep('str'))
 
 NetState = Schema('NetState', phase=enum('TRAIN TEST', 'TEST'),
-                  level=opt('int', 0), stage=rep('str'))
+                  level=opt('int32', 0), stage=rep('str'))
 
 ParamSpec = Schema(
     'ParamSpec', name=opt('str', ''), share_mode=enum('STRICT PERMISSIVE', 'STRICT'),
@@ -53,36 +56,36 @@ ParamSpec = Schema(
 
 TransformationParameter = Schema(
     'TransformationParameter', scale=opt('float', 1.0), mirror=opt('bool', False),
-    crop_size=opt('int', 0), mean_file=opt('str', ''), mean_value=rep('float'),
+    crop_size=opt('uint32', 0), mean_file=opt('str', ''), mean_value=rep('float'),
     force_color=opt('bool', False), force_gray=opt('bool', False))
 
 LossParameter = Schema(
-    'LossParameter', ignore_label=opt('int'),
+    'LossParameter', ignore_label=opt('int32'),
     normalization=enum('FULL VALID BATCH_SIZE NONE', 'VALID'),
     normalize=opt('bool'))
 
-AccuracyParameter = Schema('AccuracyParameter', top_k=opt('int', 1), axis=opt('int', 1),
-                           ignore_label=opt('int'))
+AccuracyParameter = Schema('AccuracyParameter', top_k=opt('uint32', 1), axis=opt('int32', 1),
+                           ignore_label=opt('int32'))
 
 BatchNormParameter = Schema(
     'BatchNormParameter', use_global_stats=opt('bool'),
     moving_average_fraction=opt('float', 0.999), eps=opt('float', 1e-5))
 
-ConcatParameter = Schema('ConcatParameter', axis=opt('int', 1), concat_dim=opt('int'))
+ConcatParameter = Schema('ConcatParameter', axis=opt('int32', 1), concat_dim=opt('uint32'))
 
 ConvolutionParameter = Schema(
-    'ConvolutionParameter', num_output=opt('int'), bias_term=opt('bool', True),
-    pad=rep('int'), kernel_size=rep('int'), stride=rep('int'), dilation=rep('int'),
-    pad_h=opt('int'), pad_w=opt('int'), kernel_h=opt('int'), kernel_w=opt('int'),
-    stride_h=opt('int'), stride_w=opt('int'), group=opt('int', 1),
+    'ConvolutionParameter', num_output=opt('uint32'), bias_term=opt('bool', True),
+    pad=rep('uint32'), kernel_size=rep('uint32'), stride=rep('uint32'), dilation=rep('uint32'),
+    pad_h=opt('uint32'), pad_w=opt('uint32'), kernel_h=opt('uint32'), kernel_w=opt('uint32'),
+    stride_h=opt('uint32'), stride_w=opt('uint32'), group=opt('uint32', 1),
     weight_filler=msg(FillerParameter), bias_filler=msg(FillerParameter),
-    engine=ENGINE, axis=opt('int', 1), force_nd_im2col=opt('bool', False))
+    engine=ENGINE, axis=opt('int32', 1), force_nd_im2col=opt('bool', False))
 
 DataParameter = Schema(
-    'DataParameter', source=opt('str', ''), batch_size=opt('int', 0),
-    rand_skip=opt('int', 0), backend=enum('LEVELDB LMDB', 'LEVELDB'),
-    scale=opt('float', 1.0), mean_file=opt('str', ''), crop_size=opt('int', 0),
-    mirror=opt('bool', False), prefetch=opt('int', 4))
+    'DataParameter', source=opt('str', ''), batch_size=opt('uint32', 0),
+    rand_skip=opt('uint32', 0), backend=enum('LEVELDB LMDB', 'LEVELDB'),
+    scale=opt('float', 1.0), mean_file=opt('str', ''), crop_size=opt('uint32', 0),
+    mirror=opt('bool', False), prefetch=opt('uint32', 4))
 
 DropoutParameter = Schema('DropoutParameter', dropout_ratio=opt('float', 0.5),
                           scale_train=opt('bool', True))
@@ -91,45 +94,45 @@ EltwiseParameter = Schema(
     'EltwiseParameter', operation=enum('PROD SUM MAX', 'SUM'), coeff=rep('float'),
     stable_prod_grad=opt('bool', True))
 
-FlattenParameter = Schema('FlattenParameter', axis=opt('int', 1), end_axis=opt('int', -1))
+FlattenParameter = Schema('FlattenParameter', axis=opt('int32', 1), end_axis=opt('int32', -1))
 
 InnerProductParameter = Schema(
-    'InnerProductParameter', num_output=opt('int'), bias_term=opt('bool', True),
+    'InnerProductParameter', num_output=opt('uint32'), bias_term=opt('bool', True),
     weight_filler=msg(FillerParameter), bias_filler=msg(FillerParameter),
-    axis=opt('int', 1), transpose=opt('bool', False))
+    axis=opt('int32', 1), transpose=opt('bool', False))
 
 InputParameter = Schema('InputParameter', shape=rep_msg(BlobShape))
 
 LRNParameter = Schema(
-    'LRNParameter', local_size=opt('int', 5), alpha=opt('float', 1.0),
+    'LRNParameter', local_size=opt('uint32', 5), alpha=opt('float', 1.0),
     beta=opt('float', 0.75), norm_region=enum('ACROSS_CHANNELS WITHIN_CHANNEL', 'ACROSS_CHANNELS'),
     k=opt('float', 1.0), engine=ENGINE)
 
 PoolingParameter = Schema(
     'PoolingParameter', pool=enum('MAX AVE STOCHASTIC', 'MAX'),
-    pad=opt('int', 0), pad_h=opt('int'), pad_w=opt('int'),
-    kernel_size=opt('int'), kernel_h=opt('int'), kernel_w=opt('int'),
-    stride=opt('int', 1), stride_h=opt('int'), stride_w=opt('int'),
+    pad=opt('uint32', 0), pad_h=opt('uint32'), pad_w=opt('uint32'),
+    kernel_size=opt('uint32'), kernel_h=opt('uint32'), kernel_w=opt('uint32'),
+    stride=opt('uint32', 1), stride_h=opt('uint32'), stride_w=opt('uint32'),
     engine=ENGINE, global_pooling=opt('bool', False),
     round_mode=enum('CEIL FLOOR', 'CEIL'))
 
 ReLUParameter = Schema('ReLUParameter', negative_slope=opt('float', 0.0), engine=ENGINE)
 
 ReshapeParameter = Schema('ReshapeParameter', shape=msg(BlobShape),
-                          axis=opt('int', 0), num_axes=opt('int', -1))
+                          axis=opt('int32', 0), num_axes=opt('int32', -1))
 
 ScaleParameter = Schema(
-    'ScaleParameter', axis=opt('int', 1), num_axes=opt('int', 1),
+    'ScaleParameter', axis=opt('int32', 1), num_axes=opt('int32', 1),
     filler=msg(FillerParameter), bias_term=opt('bool', False),
     bias_filler=msg(FillerParameter))
 
 SigmoidParameter = Schema('SigmoidParameter', engine=ENGINE)
 TanHParameter = Schema('TanHParameter', engine=ENGINE)
 
-SliceParameter = Schema('SliceParameter', axis=opt('int', 1), slice_point=rep('int'),
-                        slice_dim=opt('int'))
+SliceParameter = Schema('SliceParameter', axis=opt('int32', 1), slice_point=rep('uint32'),
+                        slice_dim=opt('uint32'))
 
-SoftmaxParameter = Schema('SoftmaxParameter', axis=opt('int', 1), engine=ENGINE)
+SoftmaxParameter = Schema('SoftmaxParameter', axis=opt('int32', 1), engine=ENGINE)
 
 LayerParameter = Schema(
     'LayerParameter',
@@ -150,7 +153,7 @@ LayerParameter = Schema(
 
 NetParameter = Schema(
     'NetParameter', name=opt('str', ''), input=rep('str'), input_shape=rep_msg(BlobShape),
-    input_dim=rep('int'), force_backward=opt('bool', False), state=msg(NetState),
+    input_dim=rep('int32'), force_backward=opt('bool', False), state=msg(NetState),
     debug_info=opt('bool', False), layer=rep_msg(LayerParameter))
 
 SolverParameter = Schema(
@@ -158,18 +161,18 @@ SolverParameter = Schema(
     net=opt('str', ''), net_param=msg(NetParameter),
     train_net=opt('str', ''), test_net=rep('str'),
     train_state=msg(NetState), test_state=rep_msg(NetState),
-    test_iter=rep('int'), test_interval=opt('int', 0),
+    test_iter=rep('int32'), test_interval=opt('int32', 0),
     test_compute_loss=opt('bool', False), test_initialization=opt('bool', True),
-    base_lr=opt('float'), display=opt('int', 0), average_loss=opt('int', 1),
-    max_iter=opt('int'), iter_size=opt('int', 1),
+    base_lr=opt('float'), display=opt('int32', 0), average_loss=opt('int32', 1),
+    max_iter=opt('int32'), iter_size=opt('int32', 1),
     lr_policy=opt('str', 'fixed'), gamma=opt('float'), power=opt('float'),
     momentum=opt('float', 0.0), weight_decay=opt('float', 0.0),
-    regularization_type=opt('str', 'L2'), stepsize=opt('int'), stepvalue=rep('int'),
+    regularization_type=opt('str', 'L2'), stepsize=opt('int32'), stepvalue=rep('int32'),
     clip_gradients=opt('float', -1.0),
-    snapshot=opt('int', 0), snapshot_prefix=opt('str', ''), snapshot_diff=opt('bool', False),
+    snapshot=opt('int32', 0), snapshot_prefix=opt('str', ''), snapshot_diff=opt('bool', False),
     snapshot_format=enum('HDF5 BINARYPROTO', 'BINARYPROTO'),
-    solver_mode=enum('CPU GPU', 'CPU'), device_id=opt('int', 0),
-    random_seed=opt('int', -1), type=opt('str', 'SGD'),
+    solver_mode=enum('CPU GPU', 'CPU'), device_id=opt('int32', 0),
+    random_seed=opt('int64', -1), type=opt('str', 'SGD'),
     delta=opt('float', 1e-8), momentum2=opt('float', 0.999), rms_decay=opt('float', 0.99),
     debug_info=opt('bool', False), snapshot_after_train=opt('bool', True),
     solver_type=enum('SGD NESTEROV ADAGRAD RMSPROP ADADELTA ADAM', 'SGD'),

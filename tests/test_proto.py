@@ -76,7 +76,7 @@ def test_locations_are_recorded():
     ('layer { name: "a" pooling_param { pool: MEDIAN } }',
      "field 'pool' expects one of MAX, AVE, STOCHASTIC, found 'MEDIAN'"),
     ('layer { name: "a" convolution_param { num_output: 2.5 } }',
-     "field 'num_output' expects an integer, found '2.5'"),
+     "field 'num_output' expects an integer in [0, 4294967295] (uint32), found '2.5'"),
     ('layer { name: "a" name: "b" }', "field 'name' given twice (first at net.prototxt:1:9)"),
     ('layer: "x"', "field 'layer' is a message: write layer { ... }"),
     ('name { }', "field 'name' expects a quoted string, found a message"),

@@ -21,6 +21,12 @@ layers with ``inplace = True``.
 Layers must raise ``LayerError`` (through ``self.error``) for bad parameters or
 shapes, so the message names the layer, its type and its prototxt line.
 
+Memory: ``self.memory`` (the Net's ``memory.Budget``; None for a layer built
+alone) must be told of every large allocation before it happens:
+``make_param`` reserves the parameter blobs; a layer that allocates more in
+``setup`` than its tops and attribute arrays (the Net counts those after
+setup) reserves it itself (the Data layer: its prefetch buffers and data set).
+
 Randomness: ``self.rng`` (seeded from the net's seed, the same on every rank)
 is for the weight fillers only. Noise drawn per sample during forward
 (dropout) is keyed by the samples' stream positions, read from
@@ -74,6 +80,7 @@ class Layer:
         self.data_options = None  # set by the Net: rank shard and data settings
         # Replaced by the Net's own: the stream positions of the current batch.
         self.batch = BatchContext()
+        self.memory = None        # set by the Net: its memory.Budget
         # Set by the Net (``set_progress``): long layers call it between chunks
         # of their work, so that in-flight communication is not starved when
         # MPI only progresses inside MPI calls. None: nothing to call.
@@ -105,11 +112,20 @@ class Layer:
             raise self.error(message)
 
     def make_param(self, shape, filler):
-        """A new parameter Blob of ``shape`` filled by ``filler`` (a FillerParameter)."""
+        """A new parameter Blob of ``shape`` filled by ``filler`` (a FillerParameter),
+        reserved in ``self.memory`` (``param_sets`` copies) before it is allocated."""
         from ..blob import Blob
-        self.check(all(d > 0 for d in shape), f'parameter shape {tuple(shape)} must be positive')
+        shape = tuple(shape)
+        self.check(all(d > 0 for d in shape), f'parameter shape {shape} must be positive')
+        check_filler(filler, shape, f"layer '{self.name}' ({self.type})")
+        if self.memory is not None:
+            sets = self.memory.param_sets
+            self.memory.reserve(f"layer '{self.name}'",
+                                f'parameter blob {len(self.blobs)} of shape {shape} '
+                                f'({sets} copies: values, gradients, solver state)',
+                                math.prod(shape) * self.dtype.itemsize * sets, self.spec.where)
         blob = Blob(shape, self.dtype, name=f'{self.name}[{len(self.blobs)}]')
-        fill(blob.data, filler, self.rng, where=f"layer '{self.name}'")
+        fill(blob.data, filler, self.rng)
         return blob
 
     def __repr__(self):
@@ -123,8 +139,50 @@ def canonical_axis(layer, axis, num_axes):
     return axis % num_axes if num_axes else 0
 
 
-def fill(array, filler, rng, where=''):
-    """Fill ``array`` in place as Caffe's filler ``filler.type`` does.
+FILLERS = ('constant', 'uniform', 'gaussian', 'xavier', 'msra')
+
+
+def check_filler(filler, shape, who):
+    """Refuse a FillerParameter that cannot fill a blob of ``shape``: a
+    ``LayerError`` at the field's location, naming ``who`` (the layer)."""
+    def refuse(field, message):
+        raise LayerError(f'{filler.where_of(field)}: {who}: {filler.type} filler: {message}')
+
+    if filler.type not in FILLERS:
+        refuse('type', f"unknown filler type '{filler.type}'; known: {', '.join(FILLERS)}")
+    for field in ('value', 'min', 'max', 'mean', 'std'):
+        if not math.isfinite(getattr(filler, field)):
+            refuse(field, f'{field} is {getattr(filler, field)}; it must be a finite number')
+    if filler.type == 'uniform' and filler.max < filler.min:
+        refuse('max', f'max {filler.max:g} is below min {filler.min:g}; uniform needs min <= max')
+    if filler.type == 'gaussian':
+        if filler.std < 0:
+            refuse('std', f'std is {filler.std:g}; it must be >= 0')
+        outputs = shape[0] if shape else 0
+        if not (filler.sparse == -1 or 0 <= filler.sparse <= outputs):
+            refuse('sparse', f'sparse is {filler.sparse}; it must be -1 (dense) or, for a blob '
+                             f'of shape {shape}, in [0, {outputs}] (axis 0)')
+
+
+# Fillers draw this many values at a time along axis 0: the float64 draws
+# then cost a bounded workspace whatever the blob's size, and the values are
+# those of one draw over the whole blob.
+_FILL_CHUNK = 1 << 20
+
+
+def _chunks(array):
+    """``array`` as views of whole rows along axis 0, about ``_FILL_CHUNK`` values each."""
+    if array.ndim == 0:
+        yield array
+        return
+    rows = max(1, _FILL_CHUNK // max(1, array[0].size))
+    for start in range(0, len(array), rows):
+        yield array[start:start + rows]
+
+
+def fill(array, filler, rng):
+    """Fill ``array`` in place as Caffe's filler ``filler.type`` does
+    (``check_filler`` has accepted ``filler`` for this shape).
 
     fan_in = count / shape[0] and fan_out = count / shape[1], as in Caffe.
     """
@@ -137,21 +195,17 @@ def fill(array, filler, rng, where=''):
          'AVERAGE': (fan_in + fan_out) / 2}[filler.variance_norm]
     if kind == 'constant':
         array[...] = filler.value
-    elif kind == 'uniform':
-        if filler.max < filler.min:
-            raise NetError(f'{filler.where}: {where}: uniform filler needs min <= max')
-        array[...] = rng.uniform(filler.min, filler.max, shape)
-    elif kind == 'gaussian':
-        array[...] = rng.normal(filler.mean, filler.std, shape)
-        if filler.sparse >= 0:
-            # Caffe keeps each weight with probability sparse / num_outputs.
-            keep = min(1.0, filler.sparse / shape[0])
-            array *= rng.random(shape) < keep
-    elif kind == 'xavier':
-        scale = math.sqrt(3.0 / n)
-        array[...] = rng.uniform(-scale, scale, shape)
-    elif kind == 'msra':
-        array[...] = rng.normal(0.0, math.sqrt(2.0 / n), shape)
+        return
+    if kind in ('uniform', 'xavier'):
+        bound = math.sqrt(3.0 / n)
+        low, high = (filler.min, filler.max) if kind == 'uniform' else (-bound, bound)
+        def draw(size): return rng.uniform(low, high, size)
     else:
-        raise NetError(f"{filler.where}: {where}: unknown filler type '{kind}'; "
-                       'known: constant, uniform, gaussian, xavier, msra')
+        mean, std = (filler.mean, filler.std) if kind == 'gaussian' else (0.0, math.sqrt(2.0 / n))
+        def draw(size): return rng.normal(mean, std, size)
+    for part in _chunks(array):
+        part[...] = draw(part.shape)
+    if kind == 'gaussian' and filler.sparse >= 0:
+        # Caffe keeps each weight with probability sparse / num_outputs.
+        for part in _chunks(array):
+            part *= rng.random(part.shape) < filler.sparse / shape[0]
