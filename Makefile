@@ -43,12 +43,14 @@ torch: $(STAMP)
 # a failing rank aborts the job (tests/mpi_support.py); LAYERASYNC_TEST_RANKS makes
 # the run fail unless mpiexec really started that many ranks, and a run in which
 # no test passes fails too (tests/conftest.py).
+# Test modules are imported by path (importlib): tests/ and tests/mpi may hold
+# files of the same name.
 MPIEXEC := $(VENV)/bin/mpiexec
-mpi_tests = LAYERASYNC_TEST_RANKS=$(1) timeout $(2) $(MPIEXEC) -n $(1) $(PY) -m pytest -q \
-	-p no:cacheprovider
+PYTEST := $(PY) -m pytest -q --import-mode=importlib
+mpi_tests = LAYERASYNC_TEST_RANKS=$(1) timeout $(2) $(MPIEXEC) -n $(1) $(PYTEST) -p no:cacheprovider
 
 test: $(STAMP) $(if $(WANT_TORCH),torch)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 	$(call mpi_tests,2,900) tests/mpi
 	$(call mpi_tests,4,900) tests/mpi
 	MPIR_CVAR_ASYNC_PROGRESS=1 LAYERASYNC_TEST_PROGRESS=mpi $(call mpi_tests,2,900) tests/mpi \

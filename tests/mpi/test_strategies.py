@@ -7,7 +7,8 @@
 - snapshot and resume (with delayed gradients in flight) is exact;
 - ranks that disagree on the net or the settings stop at start-up.
 
-Run with ``mpiexec -n 2 python -m pytest tests/mpi``; at size 1 in the serial run.
+Run with ``mpiexec -n P python -m pytest tests/mpi`` (``make test``: P = 2 and 4); at
+size 1 in the serial run. Every expectation is computed from the size of the communicator.
 """
 import hashlib
 import itertools
