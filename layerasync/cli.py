@@ -16,11 +16,13 @@
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
 from . import bench, models, plot, proto, ps, schema, strategies
 from ._threads import blas_threads
+from .signals import EFFECTS, Interrupted, SignalEffects
 from .launch import cli as launch_cli
 from .sim import cli as sim_cli
 
@@ -85,29 +87,38 @@ def cmd_train(args):
     if args.trace:
         from .trace import Trace
         trace = Trace(world.Get_rank() if world is not None else 0)
-    if world is not None and args.strategy in ps.NAMES:
-        data = ps.role(world, args.servers).data(_data_options(args))
-        solver = get_solver(param, seed=args.seed, data=data)
+    # Every rank records signals from here on (servers too: they stop when the workers do).
+    signals = SignalEffects(args.sigint_effect, args.sighup_effect).install()
+    try:
+        if world is not None and args.strategy in ps.NAMES:
+            data = ps.role(world, args.servers).data(_data_options(args))
+            solver = get_solver(param, seed=args.seed, data=data)
+            try:
+                return ps.run(world, args.strategy, solver,
+                              lambda s: _train(args, s, trace, signals),
+                              args.servers, args.staleness, trace)
+            finally:
+                solver.close()
+        rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
+        solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
+        ps_settings = (dict(servers=args.servers, staleness=args.staleness)
+                       if args.strategy in ps.NAMES else {})
+        strategy = strategies.get_strategy(args.strategy, solver, world, trace=trace,
+                                           **_comm_settings(args), **ps_settings)
         try:
-            return ps.run(world, args.strategy, solver, lambda s: _train(args, s, trace),
-                          args.servers, args.staleness, trace)
+            results = _train(args, strategy, trace, signals)
+        except Interrupted:
+            strategy.close()   # collective: every rank stopped at the same boundary
+            raise
         finally:
             solver.close()
-    rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
-    solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
-    ps_settings = (dict(servers=args.servers, staleness=args.staleness)
-                   if args.strategy in ps.NAMES else {})
-    strategy = strategies.get_strategy(args.strategy, solver, world, trace=trace,
-                                       **_comm_settings(args), **ps_settings)
-    try:
-        results = _train(args, strategy, trace)
+        strategy.close()
+        return results
     finally:
-        solver.close()
-    strategy.close()
-    return results
+        signals.restore()
 
 
-def _train(args, strategy, trace):
+def _train(args, strategy, trace, signals):
     """Train ``strategy``'s solver as ``args`` say (the strategy is built, not yet
     started); returns (the last test results, seconds of training)."""
     from .snapshot import load_weights
@@ -120,7 +131,8 @@ def _train(args, strategy, trace):
     if extra:
         strategy.load_state_dict(extra)
     trainer = Trainer(solver, strategy, strategy.comm, metrics=args.metrics, log=log,
-                      progress=False if args.no_progress else None, trace=trace)
+                      progress=False if args.no_progress else None, trace=trace,
+                      signals=signals)
     if strategy.comm is not None:
         strategy.comm.barrier()   # a common start for timings and traces
     start = time.perf_counter()
@@ -222,6 +234,11 @@ def parser():
     p.add_argument('--metrics', metavar='FILE', help='append metrics as JSON Lines to FILE')
     p.add_argument('--trace', metavar='FILE',
                    help='write a Chrome/Perfetto timeline of every rank to FILE')
+    p.add_argument('--sigint-effect', choices=EFFECTS, default='stop',
+                   help='what SIGINT and SIGTERM do at the next iteration boundary: snapshot and '
+                        'stop (default), snapshot and go on, or nothing')
+    p.add_argument('--sighup-effect', choices=EFFECTS, default='snapshot',
+                   help='what SIGHUP does (default: snapshot and go on)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--quiet', action='store_true', help='no log lines')
     _data_arguments(p)
@@ -259,10 +276,24 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         args.run(args)
+    except Interrupted as stop:
+        # Every rank stopped at the same boundary, after the snapshot: rank 0 says so.
+        if _world_rank() == 0:
+            print(f'layerasync {args.command}: {stop}', file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        _fail(args, RuntimeError('interrupted (a second SIGINT): stopped without a snapshot'))
+        return 128 + signal.SIGINT
     except Exception as e:
         _fail(args, e)
         return 1
     return 0
+
+
+def _world_rank():
+    mpi = sys.modules.get('mpi4py.MPI')   # loaded only if this run uses MPI
+    running = mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+    return mpi.COMM_WORLD.Get_rank() if running else 0
 
 
 def _fail(args, error):

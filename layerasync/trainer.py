@@ -20,6 +20,8 @@ from collections import deque
 
 import numpy as np
 
+from .signals import SNAPSHOT, STOP, Interrupted, stopping_signal
+
 __all__ = ['Trainer', 'TrainingDiverged', 'Log']
 
 
@@ -51,16 +53,19 @@ class Trainer:
     """Runs a solver's iterations under a strategy.
 
     ``metrics``: a JSON Lines path (one record per display and per test);
-    ``progress``: show a bar (default: when stderr is a terminal, rank 0).
+    ``progress``: show a bar (default: when stderr is a terminal, rank 0);
+    ``signals``: a ``signals.SignalEffects`` whose requests are acted on at
+    iteration boundaries, the same one on every rank (see ``_requests``).
     """
 
     def __init__(self, solver, strategy, comm=None, metrics=None, log=None, progress=None,
-                 trace=None):
+                 trace=None, signals=None):
         self.solver, self.strategy, self.comm = solver, strategy, comm
         self.rank = comm.rank if comm is not None else 0
         self.size = comm.size if comm is not None else 1
         self.log = log or Log(self.rank)
         self.trace = trace
+        self.signals, self.vote = signals, None
         self.metrics_file = open(metrics, 'a') if metrics else None
         if progress is None:
             progress = sys.stderr.isatty()
@@ -89,6 +94,9 @@ class Trainer:
             from .trace import TracedHooks
             hooks = TracedHooks(self.strategy, s.net, self.trace)
             self.trace.start()
+        if self.signals is not None and self.size > 1:
+            from .comm.vote import Vote
+            self.vote = Vote(getattr(self.comm, 'control', self.comm).comm)
         try:
             while s.iter < max_iter:
                 if self._due(p.test_interval) and (s.iter > 0 or p.test_initialization):
@@ -99,8 +107,17 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f'{np.mean(self.losses):.4f}', refresh=False)
-                if p.snapshot and s.iter % p.snapshot == 0:
+                snapshotted = p.snapshot and s.iter % p.snapshot == 0
+                if snapshotted:
                     self.snapshot()
+                requests = self._requests()
+                if requests & SNAPSHOT and not snapshotted:
+                    self.snapshot()
+                if requests & STOP:
+                    self._close_vote()
+                    self.log(f'Iteration {s.iter}: stopping at a signal\'s request')
+                    raise Interrupted(stopping_signal(requests), s.iter, self.last_snapshot)
+            self._close_vote()
             self.strategy.finish()
             if p.snapshot_after_train and p.snapshot_prefix and (
                     not p.snapshot or s.iter % p.snapshot != 0):
@@ -139,6 +156,20 @@ class Trainer:
             self._display(float(np.mean(self.losses)), (it - start_iter) / (now - start)
                           if it > start_iter else None)
             self.window = (now, it)
+
+    def _requests(self):
+        """The signal requests to act on at this boundary: this process's own
+        in one process; under MPI the OR over ranks of the previous boundary's
+        (``comm.vote``), so every rank acts at the same boundary."""
+        if self.signals is None:
+            return 0
+        mine = self.signals.take()
+        return mine if self.vote is None else self.vote.vote(mine)
+
+    def _close_vote(self):
+        if self.vote is not None:
+            self.vote.close()
+            self.vote = None
 
     def _due(self, interval):
         return bool(interval) and self.solver.iter % interval == 0

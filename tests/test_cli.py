@@ -17,7 +17,7 @@ BIN = os.path.dirname(sys.executable)
 LAYERASYNC = [sys.executable, '-m', 'layerasync']
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
 
-# The digits net with dropout, so that resuming must restore random streams too.
+# The digits net with dropout, so that resuming must reproduce the dropout masks too.
 NET = open(models.path('digits')).read().replace(
     'layer {\n  name: "ip2"',
     'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" '

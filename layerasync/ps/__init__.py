@@ -48,6 +48,8 @@ so one process trains with ``ps-sync`` (as plain SGD) without mpi4py.
 import dataclasses
 from typing import NamedTuple
 
+from ..signals import Interrupted
+
 __all__ = ['NAMES', 'DEFAULT_STALENESS', 'Role', 'role', 'run', 'check_solver',
            'staleness_bound', 'STOP', 'PULL', 'GATHER', 'TRACE', 'REQUEST', 'REPLY']
 
@@ -104,7 +106,9 @@ def run(world, name, solver, train, servers=1, staleness=None, trace=None):
     A server serves until every worker stops, and ``run`` returns None. A
     worker builds the worker strategy (not yet started) and returns
     ``train(strategy)``; the strategy is closed (collective) once ``train``
-    returns, and left open if it raises (the caller ends the job).
+    returns or raises ``signals.Interrupted`` (which every worker raises at the
+    same boundary), and left open if it raises anything else (the caller ends
+    the job).
     """
     if name not in NAMES:
         raise ValueError(f"'{name}' is not a parameter-server strategy; known: {', '.join(NAMES)}")
@@ -114,7 +118,11 @@ def run(world, name, solver, train, servers=1, staleness=None, trace=None):
         return None
     from .worker import WORKERS
     strategy = WORKERS[name](solver, world, trace=trace, servers=servers, staleness=staleness)
-    result = train(strategy)
+    try:
+        result = train(strategy)
+    except Interrupted:
+        strategy.close()   # every worker stopped at the same boundary: the servers stop too
+        raise
     strategy.close()
     return result
 

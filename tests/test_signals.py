@@ -1,0 +1,111 @@
+"""Signals under ``mpiexec -n 2`` (Caffe's -sigint_effect / -sighup_effect).
+
+SIGINT to the launcher (Ctrl-C) and SIGTERM to one rank stop every rank at
+the same iteration boundary after a snapshot, with one message and an exit
+status that says so (128 + the signal); the snapshot resumes. SIGHUP to one
+rank writes a snapshot and training goes on; ``--sigint-effect none``
+ignores Ctrl-C. Every wait has a timeout: a rank that acted alone would hang
+the other in its next collective.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+MPIEXEC = shutil.which('mpiexec', path=BIN)
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason='mpiexec not installed')
+TRAIN = [sys.executable, '-m', 'layerasync', 'train', '--solver', 'digits', '--no-progress',
+         '--set', 'test_interval=0', '--set', 'display=1', '--set', 'snapshot_prefix="snap/run"']
+
+
+class Job:
+    """``mpiexec -n 2 layerasync train ...`` in ``folder``, its ranks tagged so that
+    only processes this test started are signalled."""
+
+    def __init__(self, folder, *extra, iterations=100000):
+        self.folder, self.tag = folder, f'{os.getpid()}-{time.monotonic_ns()}'
+        env = dict(os.environ, OMP_NUM_THREADS='1', LAYERASYNC_SIGNAL_TEST=self.tag)
+        with open(folder / 'out.txt', 'w') as out, open(folder / 'err.txt', 'w') as err:
+            self.process = subprocess.Popen(
+                [MPIEXEC, '-n', '2', *TRAIN, '--set', f'max_iter={iterations}', *extra],
+                cwd=folder, env=env, stdout=out, stderr=err)
+
+    def out(self):
+        return (self.folder / 'out.txt').read_text()
+
+    def wait_for(self, text, timeout=120):
+        deadline = time.time() + timeout
+        while text not in self.out():
+            assert self.process.poll() is None, (self.folder / 'err.txt').read_text()
+            assert time.time() < deadline, f'no {text!r} in the log'
+            time.sleep(0.1)
+
+    def rank(self, r):
+        """The pid of rank ``r``."""
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                environ = open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')
+            except OSError:
+                continue
+            if f'LAYERASYNC_SIGNAL_TEST={self.tag}'.encode() in environ and \
+                    f'PMI_RANK={r}'.encode() in environ:
+                return int(pid)
+        raise AssertionError(f'rank {r} not found')
+
+    def finish(self, timeout=60):
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError('the job did not end: a rank waits for the other') from None
+        return code, self.out(), (self.folder / 'err.txt').read_text()
+
+
+@pytest.mark.parametrize('how', ['SIGINT to mpiexec', 'SIGTERM to rank 1'])
+def test_a_stop_signal_snapshots_and_stops_every_rank(tmp_path, how):
+    job = Job(tmp_path)
+    job.wait_for('Iteration 20,')
+    if how == 'SIGINT to mpiexec':
+        job.process.send_signal(signal.SIGINT)
+        signum = signal.SIGINT
+    else:
+        os.kill(job.rank(1), signal.SIGTERM)
+        signum = signal.SIGTERM
+    code, out, err = job.finish()
+    assert code == 128 + signum, err
+    name = signal.Signals(signum).name
+    assert err.count(f'stopped by {name} at iteration') == 1, err
+    assert 'Traceback' not in err
+    snapshot = err.split('resume with --snapshot ')[1].split()[0]
+    assert (tmp_path / snapshot).exists()
+    stopped_at = int(snapshot.rsplit('_iter_', 1)[1].split('.')[0])
+    resumed = Job(tmp_path, '--snapshot', snapshot, iterations=stopped_at + 5)
+    code, out, err = resumed.finish()
+    assert code == 0, err
+    assert 'Optimization Done.' in out
+
+
+def test_sighup_snapshots_and_goes_on(tmp_path):
+    job = Job(tmp_path, iterations=400)
+    job.wait_for('Iteration 20,')
+    os.kill(job.rank(0), signal.SIGHUP)
+    code, out, err = job.finish()
+    assert code == 0, err
+    snapshots = sorted(p.name for p in (tmp_path / 'snap').glob('*.solverstate.npz'))
+    assert len(snapshots) == 2 and 'run_iter_400.solverstate.npz' in snapshots, snapshots
+    assert 'Optimization Done.' in out
+
+
+def test_sigint_effect_none_ignores_ctrl_c(tmp_path):
+    job = Job(tmp_path, '--sigint-effect', 'none', iterations=400)
+    job.wait_for('Iteration 20,')
+    os.kill(job.rank(0), signal.SIGINT)
+    os.kill(job.rank(1), signal.SIGINT)
+    code, out, err = job.finish()
+    assert code == 0, err
+    assert 'Optimization Done.' in out
