@@ -32,7 +32,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ['Budget', 'MemoryLimitError', 'available', 'parse_size', 'format_bytes', 'LIMIT_VARIABLE']
+__all__ = ['Budget', 'MemoryLimitError', 'available', 'held_by', 'parse_size', 'format_bytes', 'LIMIT_VARIABLE']
 
 LIMIT_VARIABLE = 'LAYERASYNC_MEMORY_LIMIT'
 _LOCAL_RANKS = ('MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_LOCAL_SIZE')
@@ -66,7 +66,7 @@ def available():
     text = os.environ.get(LIMIT_VARIABLE)
     if text is not None:
         try:
-            return parse_size(text), f'the limit {LIMIT_VARIABLE}={text}'
+            return parse_size(text), f'{LIMIT_VARIABLE}={text}'
         except ValueError as e:
             raise MemoryLimitError(f'{LIMIT_VARIABLE}: {e}') from None
     try:
@@ -80,9 +80,19 @@ def available():
     total = int(m.group(1)) << 10
     ranks = next((int(os.environ[v]) for v in _LOCAL_RANKS if os.environ.get(v, '').isdigit()), 1)
     if ranks > 1:
-        return total // ranks, (f'the available memory (MemAvailable {format_bytes(total)}, '
-                                f'shared by {ranks} ranks on this machine)')
-    return total, 'the available memory (MemAvailable in /proc/meminfo)'
+        return total // ranks, (f'MemAvailable in /proc/meminfo, {format_bytes(total)}, shared by '
+                                f'{ranks} ranks on this machine')
+    return total, 'MemAvailable in /proc/meminfo'
+
+
+def held_by(owner, blobs=()):
+    """The arrays ``owner`` holds as attributes (alone or in lists and tuples:
+    a layer's workspaces, a source's images), and ``blobs``' data and diffs."""
+    arrays = [a for blob in blobs for a in (blob.data, blob.diff)]
+    for value in vars(owner).values():
+        arrays += [a for a in (value if isinstance(value, (list, tuple)) else [value])
+                   if isinstance(a, np.ndarray)]
+    return arrays
 
 
 def _root(array):
@@ -92,17 +102,18 @@ def _root(array):
 
 
 class Budget:
-    """The memory a run may use (``limit`` bytes; default: ``available()``) and
-    its reservations so far, by owner (``"layer 'fc6'"``, ``'solver'``, ...).
+    """The memory a run may use (``limit`` bytes, ``source`` saying why; default:
+    ``available()``) and its reservations so far, by owner (``"layer 'fc6'
+    (InnerProduct)"``, ``'strategy delayed:3'``, ...).
 
     ``param_sets``: how many arrays of its size each parameter blob costs
     (2: values and gradients; a solver's train net adds its histories).
     """
 
-    def __init__(self, limit=None, param_sets=2, source=None):
+    def __init__(self, limit=None, param_sets=2, source='the limit given'):
         if limit is None:
             limit, source = available()
-        self.limit, self.source = limit, source or f'the limit of {format_bytes(limit)}'
+        self.limit, self.source = limit, source
         self.param_sets = param_sets
         self.reserved = {}                       # owner -> bytes
         self._seen = weakref.WeakValueDictionary()   # id -> array already counted
@@ -121,9 +132,9 @@ class Budget:
             listing = ', '.join(f'{name} {format_bytes(n)}' for name, n in largest[:3])
             prefix = f'{where}: ' if where else ''
             raise MemoryLimitError(
-                f'{prefix}{owner}: {what} ({format_bytes(nbytes)}) would bring the run to '
-                f'{format_bytes(total)}, more than {self.source} ({format_bytes(self.limit)}); '
-                f'largest: {listing}. Set {LIMIT_VARIABLE} (e.g. 64G) to allow more')
+                f'{prefix}{owner}: {what}, {format_bytes(nbytes)}, would bring the run to '
+                f'{format_bytes(total)}, more than the {format_bytes(self.limit)} it may use '
+                f'({self.source}); largest: {listing}. Set {LIMIT_VARIABLE} (e.g. 64G) to allow more')
         self.reserved[owner] = owner_bytes
 
     def hold(self, owner, arrays, where=None):

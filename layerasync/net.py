@@ -16,6 +16,7 @@ import numpy as np
 
 from . import proto, schema
 from .blob import Arena, Blob
+from .memory import Budget, held_by
 from .data.sampler import BatchContext
 from .graph import layer_specs
 from .layers import LAYERS, NetError
@@ -55,17 +56,22 @@ class Net:
     handed to every layer as ``layer.data_options`` before its setup, and
     ``batch`` (a ``BatchContext``: the stream positions of the samples of the
     current forward pass, published by the Data and Input layers) as
-    ``layer.batch``.
+    ``layer.batch``. ``memory`` (a ``memory.Budget``; default: a new one,
+    limited by the available memory) is charged with every layer's parameters,
+    blobs and workspaces as the layers are set up, so that a net too large for
+    the machine is refused (``MemoryLimitError``) before it is allocated; a
+    ``MemoryError`` during setup becomes a ``LayerError`` naming the layer.
     """
 
     def __init__(self, source, phase=TRAIN, dtype=np.float32, seed=0, stages=(), level=0,
-                 data=None):
+                 data=None, memory=None):
         if phase not in (TRAIN, TEST):
             raise ValueError(f'phase must be layerasync.TRAIN or layerasync.TEST, not {phase!r}')
         param = load_net_param(source)
         self.param, self.phase, self.dtype = param, phase, np.dtype(dtype)
         self.name = param.name
         self.data_options = data
+        self.memory = memory if memory is not None else Budget()
         # As in pycaffe, the phase argument wins over the file's ``state { phase }``.
         state = Message(schema.NetState, param.where,
                         {'phase': phase, 'level': level, 'stage': list(stages) + list(param.state.stage)})
@@ -77,13 +83,23 @@ class Net:
         seq = np.random.SeedSequence(seed)
         for i, (spec, child) in enumerate(zip(specs, seq.spawn(len(specs)))):
             layer = LAYERS[spec.type](spec, phase, self.dtype, np.random.default_rng(child))
-            layer.data_options, layer.batch = data, self.batch
+            layer.data_options, layer.batch, layer.memory = data, self.batch, self.memory
             self._connect(layer, spec)
             self.layers.append(layer)
-            layer.setup(self.bottom_vecs[i], self.top_vecs[i])
-            layer.param_propagate_down = [True] * len(layer.blobs)
-            layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
-        self._collect_params()
+            try:
+                layer.setup(self.bottom_vecs[i], self.top_vecs[i])
+                layer.param_propagate_down = [True] * len(layer.blobs)
+                layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+            except MemoryError:
+                raise layer.error(f'out of memory while setting it up (reserved so far: '
+                                  f'{self.memory.describe()})') from None
+            layer.hold(held_by(layer, self.top_vecs[i]))
+        try:
+            self._collect_params()
+        except MemoryError:
+            raise NetError(f"{param.where}: net '{self.name}': out of memory while gathering "
+                           f'the parameters into their arenas (reserved: '
+                           f'{self.memory.describe()})') from None
         self._set_loss_weights()
         self._plan_backward(param.force_backward)
         consumed = {n for names in self.bottom_names for n in names}

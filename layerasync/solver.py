@@ -27,6 +27,7 @@ import numpy as np
 
 from . import proto, schema
 from .kernels import solver as K
+from .memory import Budget
 from .net import TEST, TRAIN, Net, load_net_param
 from .snapshot import (SnapshotError, atomic_savez, copy_checked, layer_states, load_layer_states,
                        load_npz, load_weights, net_weights, per_blob)
@@ -156,6 +157,11 @@ class Solver:
     ``Solver(path_or_param, seed=None, data=None)``: ``seed`` overrides the
     file's ``random_seed`` (fillers, dropout, shuffling); ``data`` is a
     ``layerasync.data.DataOptions`` (rank shard, synthetic data) for the nets.
+
+    ``memory`` is the run's ``memory.Budget``: the nets reserve their layers
+    in it as they are built (the train net's parameters with the solver's
+    ``history_count`` histories), and whatever else the run allocates per
+    parameter reserves there first (a strategy's extra gradient sets).
     """
     type = None
     history_count = 1
@@ -166,8 +172,10 @@ class Solver:
         self._validate()
         self.seed = seed if seed is not None else (p.random_seed if p.random_seed >= 0 else 0)
         self.data_options = _with_seed(data, self.seed)
+        self.memory = Budget(param_sets=2 + self.history_count)
         self.net = Net(self._net_param(TRAIN), TRAIN, seed=self.seed, data=self.data_options,
-                       stages=p.train_state.stage, level=p.train_state.level)
+                       stages=p.train_state.stage, level=p.train_state.level, memory=self.memory)
+        self.memory.param_sets = 2   # a test net: its own arenas only, no solver state
         self.test_nets = []
         for k, net_param in enumerate(self._test_net_params()):
             state = p.test_state[k] if k < len(p.test_state) else proto.Message(schema.NetState)
@@ -175,7 +183,7 @@ class Solver:
             # as in Caffe), so the scores need no reduction.
             whole = dataclasses.replace(self.data_options, rank=0, world_size=1)
             test = Net(net_param, TEST, seed=self.seed, data=whole,
-                       stages=state.stage, level=state.level)
+                       stages=state.stage, level=state.level, memory=self.memory)
             test.share_params_from(self.net)
             self.test_nets.append(test)
         self.iter = 0

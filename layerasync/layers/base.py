@@ -111,6 +111,19 @@ class Layer:
         if not condition:
             raise self.error(message)
 
+    def reserve(self, what, nbytes):
+        """Reserve ``nbytes`` for ``what`` in ``self.memory`` before allocating them."""
+        if self.memory is not None:
+            self.memory.reserve(self._owner(), what, nbytes, self.spec.where)
+
+    def hold(self, arrays):
+        """Count ``arrays`` (allocated in setup) in ``self.memory``, each buffer once."""
+        if self.memory is not None:
+            self.memory.hold(self._owner(), arrays, self.spec.where)
+
+    def _owner(self):
+        return f"layer '{self.name}' ({self.type})"
+
     def make_param(self, shape, filler):
         """A new parameter Blob of ``shape`` filled by ``filler`` (a FillerParameter),
         reserved in ``self.memory`` (``param_sets`` copies) before it is allocated."""
@@ -120,10 +133,9 @@ class Layer:
         check_filler(filler, shape, f"layer '{self.name}' ({self.type})")
         if self.memory is not None:
             sets = self.memory.param_sets
-            self.memory.reserve(f"layer '{self.name}'",
-                                f'parameter blob {len(self.blobs)} of shape {shape} '
-                                f'({sets} copies: values, gradients, solver state)',
-                                math.prod(shape) * self.dtype.itemsize * sets, self.spec.where)
+            self.reserve(f'parameter blob {len(self.blobs)} of shape {shape} ({sets} copies: values, '
+                         f'gradients{", solver state" if sets > 2 else ""})',
+                         math.prod(shape) * self.dtype.itemsize * sets)
         blob = Blob(shape, self.dtype, name=f'{self.name}[{len(self.blobs)}]')
         fill(blob.data, filler, self.rng)
         return blob

@@ -4,9 +4,13 @@ Both are source layers: each forward publishes, on the net's ``BatchContext``
 (``self.batch``), the stream positions of the samples it produced, which key
 the per-sample random draws of the layers below (dropout masks).
 """
+import dataclasses
+import math
+
 import numpy as np
 
-from ..data import DataError, Dataset, first_position
+from ..data import DataError, DataOptions, Dataset, first_position, open_source
+from ..memory import held_by
 from .base import Layer, register
 
 
@@ -88,13 +92,29 @@ class Data(Layer):
                                      'the samples is set by DataOptions.seed; remove it')
         # backend and prefetch (a queue depth) only tune Caffe's readers: accepted, ignored.
         try:
+            self._reserve_buffers()
             self.dataset = Dataset(p.source, p.batch_size, self.phase, self._transform_param(),
                                    self.data_options, self.dtype, name=self.name)
         except DataError as e:
             raise self.error(str(e)) from None
+        self.hold(held_by(self.dataset.source))
         top[0].reshape(self.dataset.shape)
         if len(top) > 1:
             top[1].reshape((p.batch_size,))
+
+    def _reserve_buffers(self):
+        """Reserve the prefetched batches before the Dataset allocates them (its
+        thread fills them at once): two of (uint8 images, data, labels), at
+        most the source's sample size each; the sample shape is known without
+        reading the data (from the source's synthetic stand-in)."""
+        options = self.data_options or DataOptions()
+        if self.memory is None or not options.prefetch:
+            return
+        probe = open_source(self.param.source, self.phase,
+                            dataclasses.replace(options, synthetic=True))
+        item, batch = self.dtype.itemsize, self.param.batch_size
+        nbytes = 2 * batch * (math.prod(probe.shape) * (1 + item) + item)
+        self.reserve(f'two prefetched batches of {batch}', nbytes)
 
     def _transform_param(self):
         """``transform_param``, with Caffe's deprecated data_param spellings moved in
