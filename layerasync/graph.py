@@ -5,8 +5,12 @@
 rules match the net state, turn the legacy top-level ``input:`` fields into
 an Input layer, check types and names, give loss layers their default loss
 weight, and insert a Split wherever a blob feeds several consumers. It works
-on ``LayerParameter`` messages only: no layer is built here.
+on ``LayerParameter`` messages only: no layer is built here. A number that
+is not finite (``inf``, ``nan``) is refused in any field of a layer: none
+has a meaning for it.
 """
+import math
+
 from . import schema
 from .layers import LAYERS, NetError
 from .proto import Message
@@ -21,8 +25,21 @@ def layer_specs(param, state):
         if spec.type not in LAYERS:
             raise NetError(f"{spec.where_of('type')}: layer '{spec.name}': unknown type "
                            f"'{spec.type}'; known types: {', '.join(sorted(LAYERS))}")
+        _check_finite(spec, spec.name)
     _check_names(specs)
     return _insert_splits([_with_default_loss_weight(s) for s in specs])
+
+
+def _check_finite(message, layer, path=''):
+    """Every number set in ``message`` (recursively) is finite."""
+    for name, value in message.items():
+        field = f'{path}{name}'
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, Message):
+                _check_finite(v, layer, f'{field}.')
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise NetError(f"{message.where_of(name)}: layer '{layer}': {field} is {v}; "
+                               'it must be a finite number')
 
 
 def _check_names(specs):
