@@ -130,17 +130,17 @@ def _train(args, strategy, trace, signals):
         load_weights(solver.net, args.weights)
     if extra:
         strategy.load_state_dict(extra)
-    trainer = Trainer(solver, strategy, strategy.comm, metrics=args.metrics, log=log,
+    trainer = Trainer(solver, strategy, metrics=args.metrics, log=log,
                       progress=False if args.no_progress else None, trace=trace,
                       signals=signals)
-    if strategy.comm is not None:
-        strategy.comm.barrier()   # a common start for timings and traces
+    if strategy.control is not None:
+        strategy.control.barrier()   # a common start for timings and traces
     start = time.perf_counter()
     results = trainer.run()
     wall = time.perf_counter() - start
     log(f'Trained {solver.iter} iterations in {wall:.1f} s')
     if trace is not None:
-        trace.write(args.trace, strategy.comm)
+        trace.write(args.trace, strategy.control)
         log(f'Timeline written to {args.trace}')
     return results, wall
 

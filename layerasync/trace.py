@@ -42,12 +42,13 @@ class Trace:
             'dur': round(max(end - start, 0.0) * 1e6, 3),
             'args': {'iteration': self.iteration, **args}})
 
-    def write(self, path, comm=None):
-        """Write the Chrome trace; with ``comm``, rank 0 writes every rank's spans (collective)."""
+    def write(self, path, control=None):
+        """Write the Chrome trace; with ``control`` (a ``comm.control.Control``),
+        rank 0 writes every rank's spans (collective)."""
         events = self.events
-        if comm is not None and comm.size > 1:
-            everyone = comm.allgather_text(events)
-            if comm.rank != 0:
+        if control is not None and control.size > 1:
+            everyone = control.allgather_text(events)
+            if control.rank != 0:
                 return
             events = [e for rank_events in everyone for e in rank_events]
         ranks = sorted({e['pid'] for e in events} | {self.rank})

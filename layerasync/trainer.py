@@ -58,11 +58,12 @@ class Trainer:
     iteration boundaries, the same one on every rank (see ``_requests``).
     """
 
-    def __init__(self, solver, strategy, comm=None, metrics=None, log=None, progress=None,
-                 trace=None, signals=None):
-        self.solver, self.strategy, self.comm = solver, strategy, comm
-        self.rank = comm.rank if comm is not None else 0
-        self.size = comm.size if comm is not None else 1
+    def __init__(self, solver, strategy, metrics=None, log=None, progress=None, trace=None,
+                 signals=None):
+        self.solver, self.strategy = solver, strategy
+        self.control = control = strategy.control   # None in one process
+        self.rank = control.rank if control is not None else 0
+        self.size = control.size if control is not None else 1
         self.log = log or Log(self.rank)
         self.trace = trace
         self.signals, self.vote = signals, None
@@ -96,7 +97,7 @@ class Trainer:
             self.trace.start()
         if self.signals is not None and self.size > 1:
             from .comm.vote import Vote
-            self.vote = Vote(getattr(self.comm, 'control', self.comm).comm)
+            self.vote = Vote(self.control.comm)
         try:
             while s.iter < max_iter:
                 if self._due(p.test_interval) and (s.iter > 0 or p.test_initialization):
@@ -238,13 +239,13 @@ class Trainer:
         statistics: parameters with lr_mult 0) so tests and snapshots see the
         statistics of all the data. Training never reads them, so the iterates
         are unchanged; identical values average to themselves exactly."""
-        if self.comm is None or self.size == 1:
+        if self.control is None or self.size == 1:
             return
         net = self.solver.net
         for i in net.param_layers:
             for blob, spec in zip(net.layers[i].blobs, net.param_specs[i]):
                 if spec.lr_mult == 0:
-                    blob.data[...] = self.comm.allreduce_mean(blob.data)
+                    blob.data[...] = self.control.allreduce_mean(blob.data)
 
     def snapshot(self):
         """Drain the strategy, then rank 0 writes weights and solver state."""
@@ -255,8 +256,8 @@ class Trainer:
         if self.rank == 0:
             s.snapshot(prefix, extra=self.strategy.state_dict())
             self.log(f'Snapshotting solver state to {s.snapshot_path(prefix)}')
-        if self.comm is not None and self.size > 1:
-            self.comm.barrier()   # the files exist before any rank goes on
+        if self.control is not None and self.size > 1:
+            self.control.barrier()   # the files exist before any rank goes on
         self.last_snapshot = s.snapshot_path(prefix)
 
     def _divergence(self, loss):

@@ -161,22 +161,6 @@ class Communicator:
         for c in (self.data_comm, self.round_comm, self.control.comm):
             c.Free()
 
-    # -- the control path: ``control``'s calls, for callers holding the communicator
-    def bcast(self, array, root=0):
-        self.control.bcast(array, root)
-
-    def allreduce_mean(self, value):
-        return self.control.allreduce_mean(value)
-
-    def barrier(self):
-        self.control.barrier()
-
-    def allgather_text(self, text):
-        return self.control.allgather_text(text)
-
-    def check_same(self, *args):
-        self.control.check_same(*args)
-
     # -- engine ----------------------------------------------------------------
     def _block_until(self, condition, what):
         self.backoff.reset()

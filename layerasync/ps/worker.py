@@ -35,7 +35,7 @@ class ParameterServerStrategy(Strategy):
     """A worker of a parameter-server job.
 
     ``mpi_comm`` is the whole job (workers and servers; building the strategy
-    is collective over it, as are ``start`` and ``close``); ``self.comm`` then
+    is collective over it, as are ``start`` and ``close``); ``self.control`` then
     covers the workers only. The allreduce communicator settings do not apply.
     """
     asynchronous = False
@@ -56,7 +56,7 @@ class ParameterServerStrategy(Strategy):
             raise ValueError(f'{self.wire.describe(self.rank)} is a server of this job: '
                              'run it with layerasync.ps.run, not as a worker')
         self.rank, self.size = self.wire.role.index, self.wire.workers
-        self.comm = Control(self.wire.group)
+        self.control = Control(self.wire.group)
         self.layout = Layout(solver, servers)
         n = len(self.layout.pieces)
         self.clock_in = np.zeros(n, np.int64)   # receive buffers of the clock messages
@@ -69,7 +69,7 @@ class ParameterServerStrategy(Strategy):
         servers do not follow."""
         if self.wire is not None:
             self.wire.start(self.solver, self.name, self.staleness)
-            agree(self.comm, list(context), describe=self.wire.describe)
+            agree(self.control, list(context), describe=self.wire.describe)
             self.complete[:] = self.solver.iter
 
     # -- hooks ------------------------------------------------------------
@@ -135,9 +135,9 @@ class ParameterServerStrategy(Strategy):
             return
         self._drain()
         if self.asynchronous:
-            self.comm.barrier()   # now the servers hold every worker's pushes
+            self.control.barrier()   # now the servers hold every worker's pushes
             self._pull()
-            self.comm.barrier()   # no worker pushes again before all have pulled
+            self.control.barrier()   # no worker pushes again before all have pulled
         if self.trace is not None and self.rank == 0:
             self._collect_server_spans()
 
@@ -185,7 +185,7 @@ class ParameterServerStrategy(Strategy):
         self._drain()
         self.wire.ask_servers(STOP)
         self.wire.free()
-        self.wire = self.comm = None
+        self.wire = self.control = None
 
 
 class PsSync(ParameterServerStrategy):

@@ -44,7 +44,8 @@ class Strategy:
         self.size = mpi_comm.Get_size() if mpi_comm is not None else 1
         self.rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
         self.trace = trace
-        self.comm = None   # control-path collectives (bcast, means), when distributed
+        self.comm = None      # the gradient communicator, if the strategy has one
+        self.control = None   # control-path collectives (a comm.control.Control), when distributed
 
     def start(self, context=()):
         """Collective: called once on every rank before the first iteration.
@@ -127,6 +128,7 @@ class AllreduceStrategy(Strategy):
             from ..comm.mpi import Communicator
             self.comm = Communicator(mpi_comm, self.buffers, list(arena.segments.items()),
                                      trace=trace, **comm_settings)
+            self.control = self.comm.control
             self.buckets = self.comm.buckets
             # A bucket is complete once its last layer in backward order is.
             self.trigger = {b.layers[-1]: b.index for b in self.buckets}
@@ -183,4 +185,4 @@ class AllreduceStrategy(Strategy):
     def close(self):
         if self.comm is not None:
             self.comm.close()
-            self.comm = None
+            self.comm = self.control = None

@@ -43,7 +43,7 @@ def run(comm, odd):
     solver = make(comm, text, data, seed)
     strategy = get_strategy('sync', solver, comm)
     try:
-        Trainer(solver, strategy, strategy.comm, log=Log(quiet=True), progress=False).run()
+        Trainer(solver, strategy, log=Log(quiet=True), progress=False).run()
         return solver
     finally:
         solver.close()
@@ -68,7 +68,7 @@ def test_resuming_on_one_rank_only_stops_every_rank(comm, tmp_path_factory):
     solver = make(comm, BASE, {}, None)
     strategy = get_strategy('sync', solver, comm)
     try:
-        Trainer(solver, strategy, strategy.comm, log=Log(quiet=True), progress=False).run()
+        Trainer(solver, strategy, log=Log(quiet=True), progress=False).run()
         snapshot = solver.snapshot(f'{folder}/run') if comm.rank == 0 else None
         snapshot = comm.bcast(snapshot)
     finally:
@@ -79,7 +79,7 @@ def test_resuming_on_one_rank_only_stops_every_rank(comm, tmp_path_factory):
         solver.restore(snapshot)
     strategy = get_strategy('sync', solver, comm)
     try:
-        trainer = Trainer(solver, strategy, strategy.comm, log=Log(quiet=True), progress=False)
+        trainer = Trainer(solver, strategy, log=Log(quiet=True), progress=False)
         if comm.size == 1:
             trainer.run()
             assert solver.iter == 4

@@ -131,13 +131,14 @@ def test_waiting_for_a_bucket_never_posted_is_an_error(comm):
 def test_control_calls(comm):
     segs, total = segments()
     c = Communicator(comm, [np.zeros(total, np.float32)], segs)
+    control = c.control   # the communicator's own control channel
     try:
-        assert c.allreduce_mean(comm.rank) == pytest.approx((comm.size - 1) / 2)
-        np.testing.assert_allclose(c.allreduce_mean(np.array([comm.rank, 1.0])),
+        assert control.allreduce_mean(comm.rank) == pytest.approx((comm.size - 1) / 2)
+        np.testing.assert_allclose(control.allreduce_mean(np.array([comm.rank, 1.0])),
                                    [(comm.size - 1) / 2, 1.0])
         a = np.full(4, comm.rank, np.float64)
-        c.bcast(a)
+        control.bcast(a)
         np.testing.assert_array_equal(a, 0)
-        assert c.allgather_text(f'r{comm.rank}') == [f'r{r}' for r in range(comm.size)]
+        assert control.allgather_text(f'r{comm.rank}') == [f'r{r}' for r in range(comm.size)]
     finally:
         c.close()

@@ -41,7 +41,7 @@ def train(strategy, comm, batch, iters=ITERS):
     solver = make_solver(batch, rank, size)
     s = get_strategy(strategy, solver, comm)
     try:
-        Trainer(solver, s, s.comm, log=Log(quiet=True), progress=False).run(iters)
+        Trainer(solver, s, log=Log(quiet=True), progress=False).run(iters)
         return solver.net.arena.data.copy()
     finally:
         solver.close()

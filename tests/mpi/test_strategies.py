@@ -49,7 +49,7 @@ def train(model, strategy, comm, batch, iters=ITERS, solver_extra='momentum: 0.9
     try:
         if resume:
             s.load_state_dict(solver.restore(resume))
-        trainer = Trainer(solver, s, s.comm, log=Log(quiet=True), progress=False)
+        trainer = Trainer(solver, s, log=Log(quiet=True), progress=False)
         if snapshot_at is not None:
             trainer.run(snapshot_at)
             solver.param.snapshot_prefix = snapshot_at_prefix(comm)
@@ -199,9 +199,9 @@ def test_trace_records_layers_waits_and_chunks(comm, tmp_path_factory):
     solver = make_solver('lenet', 2, comm.rank, comm.size)
     s = get_strategy('async-layerwise', solver, comm, trace=trace, chunk_bytes=65536)
     try:
-        Trainer(solver, s, s.comm, log=Log(quiet=True), progress=False, trace=trace).run(3)
+        Trainer(solver, s, log=Log(quiet=True), progress=False, trace=trace).run(3)
         path = os.path.join(shared_dir(comm), f'trace{comm.size}.json')
-        trace.write(path, s.comm)
+        trace.write(path, s.control)
     finally:
         solver.close()
         s.close()

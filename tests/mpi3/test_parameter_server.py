@@ -66,7 +66,7 @@ def run(strategy, param, comm=WORLD, staleness=None, synthetic=True, trace=None,
     def train(s):
         if resume:
             s.load_state_dict(s.solver.restore(resume))
-        trainer = Trainer(s.solver, s, s.comm, log=Log(quiet=True), progress=False, trace=trace)
+        trainer = Trainer(s.solver, s, log=Log(quiet=True), progress=False, trace=trace)
         if snapshot_at is not None:
             trainer.run(snapshot_at)
             trainer.snapshot()
