@@ -127,12 +127,14 @@ def _train(args, strategy, trace, signals):
     log = Log(strategy.rank, quiet=args.quiet)
     extra = solver.restore(args.snapshot) if args.snapshot else None
     if args.weights:
-        load_weights(solver.net, args.weights)
+        log(f'Fine-tuning from {args.weights}: {load_weights(solver.net, args.weights)}')
     if extra:
         strategy.load_state_dict(extra)
     trainer = Trainer(solver, strategy, metrics=args.metrics, log=log,
                       progress=False if args.no_progress else None, trace=trace,
                       signals=signals)
+    if args.snapshot:
+        trainer.snapshots.append((solver.iter, args.snapshot))   # a candidate after a divergence
     if strategy.control is not None:
         strategy.control.barrier()   # a common start for timings and traces
     start = time.perf_counter()
@@ -159,7 +161,7 @@ def cmd_test(args):
     from .timing import fill_inputs
     net = _build_net(args, 'TEST')
     if args.weights:
-        load_weights(net, args.weights)
+        print(f'Weights from {args.weights}: {load_weights(net, args.weights)}', file=sys.stderr)
     if net.inputs:
         fill_inputs(net)
     for name, value in score(net, args.iterations).items():

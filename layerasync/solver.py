@@ -29,8 +29,8 @@ from . import proto, schema
 from .kernels import solver as K
 from .memory import Budget
 from .net import TEST, TRAIN, Net, load_net_param
-from .snapshot import (SnapshotError, atomic_savez, copy_checked, layer_states, load_layer_states,
-                       load_npz, load_weights, net_weights, per_blob)
+from .snapshot import (atomic_savez, copy_checked, layer_states, load_layer_states, load_weights,
+                       net_weights, per_blob, read_solverstate)
 
 __all__ = ['Solver', 'SGDSolver', 'NesterovSolver', 'AdamSolver', 'get_solver',
            'SolverError', 'load_solver_param', 'SOLVERS', 'ParamSlot', 'param_slots', 'score']
@@ -379,14 +379,11 @@ class Solver:
         return f'{prefix}_iter_{self.iter}.solverstate.npz'
 
     def restore(self, path):
-        """Resume from a ``.solverstate.npz``: weights, history, iteration, RNG and data position.
+        """Resume from a ``.solverstate.npz``: weights, history, iteration and data positions.
 
         Returns the ``extra`` arrays stored with it.
         """
-        state = load_npz(path)
-        if str(state['type']) != self.type:
-            raise SnapshotError(f'{path}: snapshot of a {state["type"]} solver, this is {self.type}')
-        weights = os.path.join(os.path.dirname(path), str(state['weights']))
+        state, weights = read_solverstate(path, self.type)
         load_weights(self.net, weights, strict=True)
         for h, history in enumerate(self.history):
             views = per_blob(self.slots, history)

@@ -21,6 +21,7 @@ from collections import deque
 import numpy as np
 
 from .signals import SNAPSHOT, STOP, Interrupted, stopping_signal
+from .snapshot import last_good
 
 __all__ = ['Trainer', 'TrainingDiverged', 'Log']
 
@@ -73,6 +74,7 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.start_time = None
         self.last_snapshot = None
+        self.snapshots = []   # (iteration, solver-state path): this run's, and the one it resumed
         self.test_results = []
 
     # -- the loop ---------------------------------------------------------
@@ -259,11 +261,16 @@ class Trainer:
         if self.control is not None and self.size > 1:
             self.control.barrier()   # the files exist before any rank goes on
         self.last_snapshot = s.snapshot_path(prefix)
+        self.snapshots.append((s.iter, self.last_snapshot))
 
     def _divergence(self, loss):
         s = self.solver
         where = _first_non_finite(s.net)
-        kept = f'; the last good snapshot is {self.last_snapshot}' if self.last_snapshot else ''
+        kept = ''
+        if self.snapshots:
+            good = last_good(self.snapshots, s.iter)
+            kept = (f'; the last good snapshot is {good}' if good else
+                    '; no snapshot written before this iteration is readable and finite')
         return (f'rank {self.rank}, iteration {s.iter}: the loss is {loss} (not finite); '
                 f'{where}{kept}. Lower base_lr or check the input data.')
 

@@ -79,8 +79,47 @@ def test_diverging_loss_names_iteration_and_layer(workdir):
     assert out.returncode == 1
     assert ("rank 0, iteration 1: the loss is nan (not finite); first non-finite value in the "
             "output 'ip1' of layer 'ip1' (InnerProduct)") in out.stderr
-    assert 'the last good snapshot is snap/run_iter_1.solverstate.npz' in out.stderr
-    assert (workdir / 'snap' / 'run_iter_1.weights.npz').exists()
+    # The snapshot at iteration 1 holds the weights whose loss overflowed: not a good one.
+    assert 'no snapshot written before this iteration is readable and finite' in out.stderr
+
+
+def test_after_a_divergence_the_last_good_snapshot_resumes(workdir):
+    run('train', '--solver', 'solver.prototxt', '--set', 'max_iter=3', cwd=workdir)
+    out = run('train', '--solver', 'solver.prototxt', '--snapshot', 'snap/run_iter_3.solverstate.npz',
+              '--set', 'base_lr=1e30', '--set', 'snapshot=1', cwd=workdir, check=False)
+    assert out.returncode == 1
+    assert 'iteration 4: the loss is nan' in out.stderr
+    assert 'the last good snapshot is snap/run_iter_3.solverstate.npz' in out.stderr
+    resumed = run('train', '--solver', 'solver.prototxt', '--snapshot',
+                  'snap/run_iter_3.solverstate.npz', '--set', 'max_iter=5', cwd=workdir)
+    assert 'Optimization Done.' in resumed.stdout
+
+
+def test_fine_tuning_logs_what_it_copied(workdir):
+    run('train', '--solver', 'solver.prototxt', '--set', 'max_iter=2', cwd=workdir)
+    out = run('train', '--solver', 'solver.prototxt', '--weights', 'snap/run_iter_2.weights.npz',
+              '--set', 'max_iter=1', cwd=workdir)
+    assert 'Fine-tuning from snap/run_iter_2.weights.npz: copied' in out.stdout
+
+
+@pytest.mark.parametrize('kind', ['weights as --snapshot', 'state as --weights', 'truncated',
+                                  'empty'])
+def test_bad_snapshot_files_get_one_line_errors(workdir, kind):
+    run('train', '--solver', 'solver.prototxt', '--set', 'max_iter=2', cwd=workdir)
+    state, weights = 'snap/run_iter_2.solverstate.npz', 'snap/run_iter_2.weights.npz'
+    if kind == 'truncated':
+        data = (workdir / state).read_bytes()
+        (workdir / 'cut.solverstate.npz').write_bytes(data[:len(data) // 2])
+        args = ['--snapshot', 'cut.solverstate.npz']
+    elif kind == 'empty':
+        (workdir / 'empty.solverstate.npz').write_bytes(b'')
+        args = ['--snapshot', 'empty.solverstate.npz']
+    else:
+        args = ['--snapshot', weights] if kind == 'weights as --snapshot' else ['--weights', state]
+    out = run('train', '--solver', 'solver.prototxt', *args, cwd=workdir, check=False)
+    assert out.returncode == 1
+    assert 'Traceback' not in out.stderr
+    assert out.stderr.startswith('layerasync train: error: ') and '.npz' in out.stderr, out.stderr
 
 
 def test_time_prints_a_table_and_writes_the_profile(tmp_path):
