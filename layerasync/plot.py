@@ -3,7 +3,8 @@
     layerasync plot timeline TRACE.json [--iteration N] [--out FILE.png]
     layerasync plot metrics RUN.jsonl [RUN2.jsonl ...] [--x time|iter] [--out FILE.png]
 
-matplotlib is imported here only (it is an optional dependency).
+matplotlib is loaded through ``_matplotlib`` only (it is an optional dependency;
+the simulator's plots load it from here too).
 """
 import json
 import os

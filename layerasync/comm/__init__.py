@@ -17,7 +17,8 @@ The contract, which strategies rely on:
 - ``settings``: the settings in force (after any fallback), for the start-up
   agreement check.
 
-mpi4py is imported only here and in ``launch``: one process without MPI trains.
+mpi4py is imported only inside this package (tests/test_no_mpi.py checks it):
+one process without MPI trains.
 """
 import os
 

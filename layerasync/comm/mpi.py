@@ -2,8 +2,8 @@
 
 Data path: every chunk is ``Iallreduce(IN_PLACE, buffer[start:stop], SUM)``
 on a contiguous slice of a gradient buffer — no packing, no pickling. The
-sum is turned into a mean by the solver (``grad_scale = 1/P``), which costs
-no extra pass. Each post names the buffer holding that generation of the
+sum is turned into a mean by the solver, which folds the strategy's
+``scale=1/P`` into its update kernel: no extra pass. Each post names the buffer holding that generation of the
 bucket (several buffers let ``delayed:K`` keep K gradient sets in flight).
 
 Progress engines (MPI only moves a non-blocking collective forward while

@@ -1,4 +1,4 @@
-"""Strategies under MPI: the equalities DESIGN.md promises.
+"""Strategies under MPI: the equalities docs/theory.md derives.
 
 - sync, layerwise (all three apply orders) and async-layerwise give the same
   weights, bit for bit, and those of one process at P times the batch;
