@@ -135,8 +135,8 @@ def test_deep_nesting_is_an_error_not_a_recursion_error():
 
 
 def test_dev_zero_stops_at_the_limit(monkeypatch):
-    monkeypatch.setenv('LAYERASYNC_MAX_PROTOTXT', '1M')
-    with pytest.raises(la.ProtoError, match=r'^/dev/zero: larger than 1,048,576 bytes, the limit '
+    monkeypatch.delenv('LAYERASYNC_MAX_PROTOTXT', raising=False)
+    with pytest.raises(la.ProtoError, match=r'^/dev/zero: larger than 4,194,304 bytes, the limit '
                                             r'for a prototxt; set LAYERASYNC_MAX_PROTOTXT'):
         la.solver.load_solver_param('/dev/zero')
 
