@@ -25,8 +25,6 @@ import signal
 import time
 import traceback
 
-import pytest
-
 import layerasync as la
 from layerasync import models, proto, schema
 from layerasync.data import DataError, DataOptions

@@ -319,3 +319,16 @@ def test_budget_counts_shared_memory_once():
     with pytest.raises(MemoryLimitError, match=r"^here: y: more, 601 bytes, would bring the run to "
                                                r'1001 bytes, more than the 1000 bytes it may use'):
         budget.reserve('y', 'more', 601, 'here')
+
+
+@pytest.mark.parametrize('filler', ['type: "gaussian" std: 0.5 sparse: 3', 'type: "uniform" min: -2',
+                                    'type: "xavier"', 'type: "msra" variance_norm: FAN_OUT'])
+def test_fillers_drawn_in_chunks_give_the_values_of_one_draw(filler, monkeypatch):
+    from layerasync.layers import base
+    param = proto.parse(filler, schema.FillerParameter)
+    whole = np.empty((7, 5, 3), np.float32)
+    base.fill(whole, param, np.random.default_rng(4))
+    monkeypatch.setattr(base, '_FILL_CHUNK', 16)   # one row of 15 values at a time
+    chunked = np.empty_like(whole)
+    base.fill(chunked, param, np.random.default_rng(4))
+    assert np.array_equal(whole, chunked)

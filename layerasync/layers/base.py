@@ -211,10 +211,12 @@ def fill(array, filler, rng):
     if kind in ('uniform', 'xavier'):
         bound = math.sqrt(3.0 / n)
         low, high = (filler.min, filler.max) if kind == 'uniform' else (-bound, bound)
-        def draw(size): return rng.uniform(low, high, size)
+        def draw(size):
+            return rng.uniform(low, high, size)
     else:
         mean, std = (filler.mean, filler.std) if kind == 'gaussian' else (0.0, math.sqrt(2.0 / n))
-        def draw(size): return rng.normal(mean, std, size)
+        def draw(size):
+            return rng.normal(mean, std, size)
     for part in _chunks(array):
         part[...] = draw(part.shape)
     if kind == 'gaussian' and filler.sparse >= 0:
