@@ -130,21 +130,39 @@ def _train(args, strategy, trace, signals):
         log(f'Fine-tuning from {args.weights}: {load_weights(solver.net, args.weights)}')
     if extra:
         strategy.load_state_dict(extra)
+    watch = None
+    if strategy.control is not None:
+        from .comm import stall
+        watch = stall.StallWatch(strategy.control.comm, args.stall_timeout)
+        stall.install(watch)
     trainer = Trainer(solver, strategy, metrics=args.metrics, log=log,
                       progress=False if args.no_progress else None, trace=trace,
-                      signals=signals)
+                      signals=signals, watch=watch)
     if args.snapshot:
         trainer.snapshots.append((solver.iter, args.snapshot))   # a candidate after a divergence
     if strategy.control is not None:
         strategy.control.barrier()   # a common start for timings and traces
     start = time.perf_counter()
-    results = trainer.run()
+    try:
+        results = trainer.run()
+    except Interrupted:
+        _close_watch(watch)   # every rank stopped at the same boundary
+        raise
+    _close_watch(watch)
     wall = time.perf_counter() - start
     log(f'Trained {solver.iter} iterations in {wall:.1f} s')
     if trace is not None:
         trace.write(args.trace, strategy.control)
         log(f'Timeline written to {args.trace}')
     return results, wall
+
+
+def _close_watch(watch):
+    """Collective: stop the stall watchdog (after training, on every rank)."""
+    if watch is not None:
+        from .comm import stall
+        stall.uninstall()
+        watch.close()
 
 
 def _build_net(args, phase):
@@ -241,6 +259,10 @@ def parser():
                         'stop (default), snapshot and go on, or nothing')
     p.add_argument('--sighup-effect', choices=EFFECTS, default='snapshot',
                    help='what SIGHUP does (default: snapshot and go on)')
+    p.add_argument('--stall-timeout', type=float, metavar='SECONDS',
+                   help='end the job when a rank waits longer than this for the others, naming '
+                        'the ranks that do not answer (default: 10 x the slowest iteration so '
+                        'far, at least 120 s)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--quiet', action='store_true', help='no log lines')
     _data_arguments(p)

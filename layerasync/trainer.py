@@ -56,18 +56,20 @@ class Trainer:
     ``metrics``: a JSON Lines path (one record per display and per test);
     ``progress``: show a bar (default: when stderr is a terminal, rank 0);
     ``signals``: a ``signals.SignalEffects`` whose requests are acted on at
-    iteration boundaries, the same one on every rank (see ``_requests``).
+    iteration boundaries, the same one on every rank (see ``_requests``);
+    ``watch``: the stall watchdog (``comm.stall.StallWatch``), told each
+    boundary so that its default limit follows the slowest iteration.
     """
 
     def __init__(self, solver, strategy, metrics=None, log=None, progress=None, trace=None,
-                 signals=None):
+                 signals=None, watch=None):
         self.solver, self.strategy = solver, strategy
         self.control = control = strategy.control   # None in one process
         self.rank = control.rank if control is not None else 0
         self.size = control.size if control is not None else 1
         self.log = log or Log(self.rank)
         self.trace = trace
-        self.signals, self.vote = signals, None
+        self.signals, self.vote, self.watch = signals, None, watch
         self.metrics_file = open(metrics, 'a') if metrics else None
         if progress is None:
             progress = sys.stderr.isatty()
@@ -102,6 +104,8 @@ class Trainer:
             self.vote = Vote(self.control.comm)
         try:
             while s.iter < max_iter:
+                if self.watch is not None:
+                    self.watch.boundary(s.iter)
                 if self._due(p.test_interval) and (s.iter > 0 or p.test_initialization):
                     self.test_all()
                 if self.trace is not None:

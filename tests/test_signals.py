@@ -1,11 +1,12 @@
-"""Signals under ``mpiexec -n 2`` (Caffe's -sigint_effect / -sighup_effect).
+"""Signals and stalls under ``mpiexec -n 2`` (Caffe's -sigint_effect / -sighup_effect).
 
 SIGINT to the launcher (Ctrl-C) and SIGTERM to one rank stop every rank at
 the same iteration boundary after a snapshot, with one message and an exit
 status that says so (128 + the signal); the snapshot resumes. SIGHUP to one
 rank writes a snapshot and training goes on; ``--sigint-effect none``
-ignores Ctrl-C. Every wait has a timeout: a rank that acted alone would hang
-the other in its next collective.
+ignores Ctrl-C. A rank stopped with SIGSTOP is named by the stall watchdog of
+the rank waiting for it, and the job ends. Every wait has a timeout: a rank
+that acted alone would hang the other in its next collective.
 """
 import os
 import shutil
@@ -109,3 +110,21 @@ def test_sigint_effect_none_ignores_ctrl_c(tmp_path):
     code, out, err = job.finish()
     assert code == 0, err
     assert 'Optimization Done.' in out
+
+
+def test_a_stopped_rank_is_named_by_the_stall_watchdog(tmp_path):
+    job = Job(tmp_path, '--stall-timeout', '3')
+    job.wait_for('Iteration 20,')
+    stopped = job.rank(1)
+    os.kill(stopped, signal.SIGSTOP)
+    started = time.time()
+    try:
+        code, out, err = job.finish(timeout=40)
+    finally:
+        try:
+            os.kill(stopped, signal.SIGKILL)   # if the abort left it behind
+        except ProcessLookupError:
+            pass
+    assert code != 0
+    assert time.time() - started < 3 + 2 + 20, 'the watchdog took too long'
+    assert 'rank 0: error: stalled: waited' in err and 'no answer from rank 1' in err, err

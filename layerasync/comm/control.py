@@ -2,9 +2,16 @@
 
 Collective: every rank of the communicator calls each of them, in the same
 order, with nothing of the data path in flight on the same communicator.
+Each is a non-blocking MPI collective completed by ``job.wait_all``: the
+waiting rank sleeps instead of spinning, and the stall watchdog sees the
+wait.
 """
+import pickle
+
 import numpy as np
 from mpi4py import MPI
+
+from .job import wait_all
 
 __all__ = ['Control', 'AgreedError']
 
@@ -24,22 +31,29 @@ class Control:
 
     def bcast(self, array, root=0):
         """In place: every rank's ``array`` becomes rank ``root``'s."""
-        self.comm.Bcast(array, root=root)
+        wait_all([self.comm.Ibcast(array, root=root)], 'a broadcast')
 
     def allreduce_mean(self, value):
         """The mean over ranks of a number (returns a float) or an array (returns
         a new float64 array of its shape)."""
         buf = np.array(value, np.float64, copy=True, ndmin=1)
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        wait_all([self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)], 'a mean over ranks')
         buf /= self.size
         return buf if np.ndim(value) else float(buf[0])
 
     def barrier(self):
-        self.comm.Barrier()
+        wait_all([self.comm.Ibarrier()], 'a barrier')
 
     def allgather_text(self, text):
         """Every rank's (picklable) ``text``, in rank order."""
-        return self.comm.allgather(text)
+        mine = np.frombuffer(pickle.dumps(text), np.uint8)
+        sizes = np.zeros(self.size, np.int64)
+        wait_all([self.comm.Iallgather(np.array([mine.size], np.int64), sizes)],
+                 'the ranks\' descriptions')
+        everyone = np.empty(int(sizes.sum()), np.uint8)
+        wait_all([self.comm.Iallgatherv(mine, (everyone, sizes))], 'the ranks\' descriptions')
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        return [pickle.loads(everyone[a:b].tobytes()) for a, b in zip(starts[:-1], starts[1:])]
 
     def check_same(self, lines, describe=lambda rank: f'rank {rank}'):
         """Stop every rank if any rank's ``lines`` (strings) differ from rank 0's,

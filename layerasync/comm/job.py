@@ -12,8 +12,11 @@ ranks that compute.
 Outside ``layerasync.comm`` only this module's functions touch MPI for such
 jobs; a single process never imports it.
 """
+import time
+
 from mpi4py import MPI
 
+from . import stall
 from .backoff import Backoff
 
 __all__ = ['ANY_SOURCE', 'split', 'wait_all', 'progress', 'test_some', 'cancel_all',
@@ -28,12 +31,14 @@ def split(comm, color):
     return comm.Split(color, comm.Get_rank())
 
 
-def wait_all(requests):
+def wait_all(requests, what='a message'):
     """Complete every request of ``requests`` (a list of mpi4py requests),
-    polling with back-off."""
-    backoff = Backoff()
+    polling with back-off, under the stall watchdog (``what`` names the wait)."""
+    backoff, started = Backoff(), time.perf_counter()
     while not MPI.Request.Testall(requests):
+        stall.check(started, what)
         backoff.pause()
+    stall.done()
 
 
 def progress(requests):
@@ -57,7 +62,7 @@ def cancel_all(requests):
 
 def barrier(comm):
     """A barrier over ``comm`` that sleeps while it waits (collective)."""
-    wait_all([comm.Ibarrier()])
+    wait_all([comm.Ibarrier()], 'a barrier')
 
 
 def max_over(comm, array):

@@ -36,6 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import DEFAULTS
+from . import stall
 from .backoff import Backoff
 from .buckets import make_buckets
 from .control import Control
@@ -119,6 +120,7 @@ class Communicator:
         """Advance in-flight work; cheap, called between layers (poll engines)."""
         if self.thread is None:
             self._step()
+        stall.answer()
 
     def wait(self, bucket, generation=None):
         """Block until ``bucket``'s reduction (default: its latest generation) is done here."""
@@ -164,19 +166,23 @@ class Communicator:
     # -- engine ----------------------------------------------------------------
     def _block_until(self, condition, what):
         self.backoff.reset()
+        started = time.perf_counter()
         with self.lock:
             while not condition():
                 if self.thread is not None:
                     if not self.thread.is_alive():
                         raise RuntimeError(f'rank {self.rank}: the progress thread died')
-                    self.lock.wait()
+                    self.lock.wait(0.1)
+                    stall.check(started, what)
                 elif self._step():
                     self.backoff.reset()
                 elif not self.requests and self.round_req is None:
                     raise RuntimeError(f'rank {self.rank}: waiting for {what}, but nothing is in '
                                        'flight or ready to post (a bucket was not posted)')
                 else:
+                    stall.check(started, what)
                     self.backoff.pause()
+        stall.done()
 
     def _step(self):
         """One round of progress; returns whether anything changed. Holds the lock."""
