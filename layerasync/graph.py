@@ -6,10 +6,11 @@ rules match the net state, turn the legacy top-level ``input:`` fields into
 an Input layer, check types and names, give loss layers their default loss
 weight, and insert a Split wherever a blob feeds several consumers. It works
 on ``LayerParameter`` messages only: no layer is built here. A number that
-is not finite (``inf``, ``nan``) is refused in any field of a layer: none
-has a meaning for it.
+is not finite in float32 (``inf``, ``nan``, or beyond 3.4e38, which the
+layers' float32 arithmetic turns into inf) is refused in any field of a
+layer: none has a meaning for it.
 """
-import math
+import numpy as np
 
 from . import schema
 from .layers import LAYERS, NetError
@@ -30,16 +31,19 @@ def layer_specs(param, state):
     return _insert_splits([_with_default_loss_weight(s) for s in specs])
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_finite(message, layer, path=''):
-    """Every number set in ``message`` (recursively) is finite."""
+    """Every number set in ``message`` (recursively) is finite in float32."""
     for name, value in message.items():
         field = f'{path}{name}'
         for v in (value if isinstance(value, list) else [value]):
             if isinstance(v, Message):
                 _check_finite(v, layer, f'{field}.')
-            elif isinstance(v, float) and not math.isfinite(v):
-                raise NetError(f"{message.where_of(name)}: layer '{layer}': {field} is {v}; "
-                               'it must be a finite number')
+            elif isinstance(v, float) and not abs(v) <= _FLOAT32_MAX:
+                raise NetError(f"{message.where_of(name)}: layer '{layer}': {field} is {v:g}; "
+                               f'it must be a finite number, at most {_FLOAT32_MAX:.4g} in size')
 
 
 def _check_names(specs):

@@ -36,7 +36,7 @@ OWN_ERRORS = (proto.ProtoError, la.NetError, SolverError, MemoryLimitError, Data
 CASES = int(os.environ.get('LAYERASYNC_FUZZ_CASES', '4000'))
 SEED = int(os.environ.get('LAYERASYNC_FUZZ_SEED', '0'))
 FIRST = int(os.environ.get('LAYERASYNC_FUZZ_FIRST', '0'))
-CASE_SECONDS = 20
+CASE_SECONDS = 60   # generous: a shared machine, and a first call compiles kernels
 MEMORY_LIMIT = 256 << 20   # a case that would allocate more is refused by the estimate
 LOCATION = re.compile(r'^(?:\S+:\d+:\d+|--set \w+): ')
 

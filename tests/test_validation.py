@@ -225,13 +225,16 @@ def test_filler_errors_name_layer_field_and_location(filler, field, message):
     assert message in str(e.value)
 
 
-def test_non_finite_layer_parameter_is_refused():
+@pytest.mark.parametrize('value, shown', [('inf', 'inf'), ('nan', 'nan'), ('-1e39', '-1e+39')])
+def test_layer_number_not_finite_in_float32_is_refused(value, shown):
     text = NET.replace('layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }',
                        'layer { name: "relu" type: "ReLU" bottom: "h" top: "h"\n'
-                       '        relu_param { negative_slope: inf } }') % ''
+                       f'        relu_param {{ negative_slope: {value} }} }}') % ''
     with pytest.raises(la.NetError, match=rf"^{where(text, 'negative_slope')}: layer 'relu': "
-                                          r'relu_param.negative_slope is inf; it must be a finite'):
+                                          rf'relu_param.negative_slope is {re.escape(shown)}; it '
+                                          r'must be a finite number, at most 3.403e\+38 in size$'):
         la.Net(text)
+    la.Net(text.replace(value, '3e38'))
 
 
 # -- memory ------------------------------------------------------------------------
