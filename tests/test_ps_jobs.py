@@ -66,7 +66,7 @@ def test_a_server_that_differs_stops_every_rank_at_start(tmp_path):
     good = TRAIN + ['--strategy', 'ps-sync', '--synthetic']
     out, seconds = job(good, good, good + ['--set', 'momentum=0.5'], cwd=tmp_path)
     assert_job_failed(out, seconds, 'rank 2 (server 0) differs from rank 0',
-                      'setting momentum = 0.5')
+                      'solver.momentum = 0.5')
 
 
 def test_workers_failing_mid_run_take_the_server_down(tmp_path):

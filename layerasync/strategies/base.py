@@ -119,6 +119,10 @@ class AllreduceStrategy(Strategy):
     def __init__(self, solver, mpi_comm=None, argument=None, trace=None, **comm_settings):
         super().__init__(solver, mpi_comm, argument, trace)
         arena = self.net.arena
+        if self.gradient_sets > 1:   # refused before allocation if it cannot fit
+            solver.memory.reserve(f"strategy '{self.name}'",
+                                  f'{self.gradient_sets - 1} more gradient sets',
+                                  (self.gradient_sets - 1) * arena.diff.nbytes)
         self.buffers = [arena.diff] + [np.zeros_like(arena.diff)
                                        for _ in range(self.gradient_sets - 1)]
         self.comm_settings = comm_settings
