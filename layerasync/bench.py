@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from . import models, proto, ps, schema
+from ._args import count
 from .net import load_net_param, set_batch_size
 from .strategies import DEFAULT_STRATEGIES, parse_strategy
 
@@ -206,15 +207,15 @@ def write_csv(rows, path):
 def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     p = subparsers.add_parser('bench', help='all strategies side by side (run under mpirun)')
     p.add_argument('--model', required=True, help='net prototxt or zoo name (synthetic data)')
-    p.add_argument('--batch', type=int, help='batch per rank (default: the prototxt\'s)')
+    p.add_argument('--batch', type=count(1), help='batch per rank (default: the prototxt\'s)')
     p.add_argument('--strategies', help=f"comma-separated; default: {','.join(DEFAULT_STRATEGIES)}"
                    f", and with --servers also {','.join(ps.NAMES)}")
-    p.add_argument('--servers', type=int, default=0, metavar='S',
+    p.add_argument('--servers', type=count(0), default=0, metavar='S',
                    help='the last S ranks serve the ps-* rows; the other rows run without them')
-    p.add_argument('--staleness', type=int, metavar='S', help='staleness bound of ps-async')
-    p.add_argument('--iterations', type=int, default=30, help='timed iterations per row and round')
-    p.add_argument('--warmup', type=int, default=5)
-    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--staleness', type=count(0), metavar='S', help='staleness bound of ps-async')
+    p.add_argument('--iterations', type=count(1), default=30, help='timed iterations per row and round')
+    p.add_argument('--warmup', type=count(0), default=5)
+    p.add_argument('--rounds', type=count(1), default=3)
     p.add_argument('--csv', metavar='FILE', help='write the table as CSV')
     comm_arguments(p)
 

@@ -21,6 +21,7 @@ import sys
 import time
 
 from . import bench, models, plot, proto, ps, schema, strategies
+from ._args import count
 from ._threads import blas_threads
 from .signals import EFFECTS, Interrupted, SignalEffects
 from .launch import cli as launch_cli
@@ -218,13 +219,13 @@ def _comm_arguments(p):
     from .comm import DEFAULTS as d
     g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
     g.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
-    g.add_argument('--fusion-bytes', type=int, default=d['fusion_bytes'], metavar='N',
+    g.add_argument('--fusion-bytes', type=count(0), default=d['fusion_bytes'], metavar='N',
                    help=f"fuse consecutive layers into buckets of at least N bytes "
                         f"(0: one per layer; default {d['fusion_bytes']})")
-    g.add_argument('--chunk-bytes', type=int, default=d['chunk_bytes'], metavar='N',
+    g.add_argument('--chunk-bytes', type=count(0), default=d['chunk_bytes'], metavar='N',
                    help=f"cut buckets into chunks of at most N bytes (0: no cutting; "
                         f"default {d['chunk_bytes']})")
-    g.add_argument('--in-flight', type=int, default=d['max_in_flight'], metavar='N',
+    g.add_argument('--in-flight', type=count(1), default=d['max_in_flight'], metavar='N',
                    help=f"at most N chunk reductions in flight (default {d['max_in_flight']})")
     g.add_argument('--scheduler', choices=['fifo', 'priority'],
                    default='priority' if d['priority'] else 'fifo',
@@ -243,9 +244,9 @@ def parser():
     p.add_argument('--weights', help='initial weights (.weights.npz) to fine-tune from')
     p.add_argument('--snapshot', help='resume from a .solverstate.npz')
     p.add_argument('--strategy', default='sync', help=strategies.known())
-    p.add_argument('--servers', type=int, default=1, metavar='S',
+    p.add_argument('--servers', type=count(1), default=1, metavar='S',
                    help='ps-*: the last S ranks serve parameters, the others train (default 1)')
-    p.add_argument('--staleness', type=int, metavar='S',
+    p.add_argument('--staleness', type=count(0), metavar='S',
                    help='ps-async: no worker runs more than S iterations ahead of the slowest '
                         '(default 2; 0 is synchronous)')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
@@ -272,14 +273,14 @@ def parser():
     p = sub.add_parser('test', help='score a trained net')
     p.add_argument('--model', required=True, help='net prototxt, or a zoo model name')
     p.add_argument('--weights', help='weights file (.weights.npz)')
-    p.add_argument('--iterations', type=int, default=50)
+    p.add_argument('--iterations', type=count(1), default=50)
     _data_arguments(p)
     p.set_defaults(run=cmd_test)
 
     p = sub.add_parser('time', help='per-layer forward/backward timing')
     p.add_argument('--model', required=True, help='net prototxt, or a zoo model name')
-    p.add_argument('--iterations', type=int, default=10)
-    p.add_argument('--batch', type=int, help='batch size (default: the prototxt\'s)')
+    p.add_argument('--iterations', type=count(1), default=10)
+    p.add_argument('--batch', type=count(1), help='batch size (default: the prototxt\'s)')
     p.add_argument('--phase', default='TRAIN', choices=['TRAIN', 'TEST'])
     p.add_argument('--json', metavar='FILE', help='write the profile as JSON (the simulator reads it)')
     _data_arguments(p)

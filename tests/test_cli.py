@@ -182,3 +182,17 @@ def test_ranks_with_different_solver_settings_stop_at_start(tmp_path):
     assert out.stderr.count('rank 1 differs from rank 0: rank 0 has solver.momentum = 0.9, '
                             'rank 1 has solver.momentum = 0.5') == 1, out.stderr
     assert 'Iteration 0' not in out.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['time', '--model', 'lenet', '--iterations', '0'], 'argument --iterations: 0 is below'),
+    (['train', '--solver', 'digits', '--chunk-bytes', '-1'], 'argument --chunk-bytes: -1 is below'),
+    (['train', '--solver', 'digits', '--fusion-bytes', '-5'], 'argument --fusion-bytes: -5'),
+    (['train', '--solver', 'digits', '--in-flight', '0'], 'argument --in-flight: 0 is below'),
+    (['train', '--solver', 'digits', '--strategy', 'delayed:100000'],
+     "strategy 'delayed': 100000 more gradient sets"),
+])
+def test_out_of_range_arguments_are_refused_before_any_work(tmp_path, args, message):
+    out = run(*args, cwd=tmp_path, check=False)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert 'Traceback' not in out.stderr
