@@ -14,7 +14,9 @@ import os
 THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
                     'NUMBA_NUM_THREADS')
 # How launchers tell a rank how many ranks share its node (MPICH/Hydra, Open MPI, Slurm).
-LOCAL_SIZE_VARIABLES = ('MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_LOCAL_SIZE', 'SLURM_NTASKS_PER_NODE')
+# LAYERASYNC_RANKS_PER_MACHINE: set by the emulated cluster, whose hosts share one machine.
+LOCAL_SIZE_VARIABLES = ('LAYERASYNC_RANKS_PER_MACHINE', 'MPI_LOCALNRANKS',
+                        'OMPI_COMM_WORLD_LOCAL_SIZE', 'SLURM_NTASKS_PER_NODE')
 
 
 def ranks_on_this_node(environ):

@@ -477,17 +477,18 @@ def test_emulated_command_runs_hydra_in_host_0_with_the_namespace_launcher(tmp_p
     assert after(argv, '-f') == '/run/x/hosts' and after(argv, '-ppn') == '2'
     # Ranks of different emulated hosts share the machine's cores: no binding.
     assert '-bind-to' not in argv
-    assert passed_env(argv, 'mpich') == dict(EMULATION_ENV, A='1',
+    # The ranks learn how many share the machine (their waits spin less when oversubscribed).
+    assert passed_env(argv, 'mpich') == dict(EMULATION_ENV, A='1', LAYERASYNC_RANKS_PER_MACHINE='4',
                                              **{name: '2' for name in THREAD_VARIABLES})
     assert (job.np, job.ppn) == (4, 2) and argv[-len(PROGRAM):] == PROGRAM
     assert after(emulated()[0].argv, '-n') == '2'     # one rank per host
     # No threads chosen: the ranks share the one machine's cores.
     share = str(max(1, (os.cpu_count() or 1) // 4))
     assert passed_env(emulated(np=4)[0].argv, 'mpich') == dict(
-        EMULATION_ENV, **{name: share for name in THREAD_VARIABLES})
+        EMULATION_ENV, LAYERASYNC_RANKS_PER_MACHINE='4', **{name: share for name in THREAD_VARIABLES})
     chosen = emulated_command(PROGRAM, np=4, state_file=str(state_file), mpiexec=mpiexec,
                               environ={'OMP_NUM_THREADS': '1'})[0].argv
-    assert passed_env(chosen, 'mpich') == EMULATION_ENV
+    assert passed_env(chosen, 'mpich') == dict(EMULATION_ENV, LAYERASYNC_RANKS_PER_MACHINE='4')
     with pytest.raises(ValueError, match='--np 3 does not spread evenly over the 2 emulated hosts'):
         emulated(np=3)
     with pytest.raises(ValueError, match='needs 3 nodes, but the emulated cluster has 2'):

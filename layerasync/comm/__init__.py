@@ -31,7 +31,7 @@ __all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS']
 # negotiated priority order cost more in rounds than it gained on these nets;
 # a progress thread (ours or MPICH's) competes for cores that compute needs.
 DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=4, priority=False,
-                progress='poll', spin=50e-6, max_sleep=1e-3)
+                progress='poll', spin=None, max_sleep=1e-3)   # spin None: backoff.default_spin()
 
 # Set by the process managers of MPICH/Hydra, Open MPI, Intel MPI and Slurm.
 _LAUNCHER_VARIABLES = ('PMI_SIZE', 'PMI_RANK', 'OMPI_COMM_WORLD_SIZE', 'PMIX_RANK',

@@ -37,7 +37,7 @@ from mpi4py import MPI
 
 from . import DEFAULTS
 from . import stall
-from .backoff import Backoff
+from .backoff import Backoff, default_spin
 from .buckets import make_buckets
 from .control import Control
 from .scheduler import Scheduler
@@ -63,7 +63,7 @@ class Communicator:
                  poll_interval=50e-6, trace=None, warn=print):
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
-        self.backoff = Backoff(spin, max_sleep)
+        self.backoff = Backoff(default_spin() if spin is None else spin, max_sleep)
         self.control = Control(comm.Dup())
         self.rank, self.size = self.control.rank, self.control.size
         self.buffers = list(buffers)
@@ -71,8 +71,7 @@ class Communicator:
         self.buckets, self.chunks = make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
         self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
         self._settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
-                              max_in_flight=max_in_flight, priority=priority, progress=progress,
-                              spin=spin, max_sleep=max_sleep)
+                              max_in_flight=max_in_flight, priority=priority, progress=progress)
         self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
         self.trace = trace
         self.requests, self.keys, self.posted_at = [], [], {}
@@ -95,9 +94,11 @@ class Communicator:
 
     @property
     def settings(self):
-        """The settings in force, as keyword arguments of the constructor (a new
-        dict): what was asked for, except ``progress``, which records the
-        fallback from ``thread`` to ``poll`` without MPI_THREAD_MULTIPLE."""
+        """The settings in force that every rank must share, as keyword arguments
+        of the constructor (a new dict): what was asked for, except ``progress``,
+        which records the fallback from ``thread`` to ``poll`` without
+        MPI_THREAD_MULTIPLE. The back-off (``self.backoff``) is each rank's own
+        and may differ between nodes."""
         return dict(self._settings)
 
     # -- the contract ----------------------------------------------------------

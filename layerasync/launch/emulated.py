@@ -49,7 +49,7 @@ def emulated_command(program, np=None, ppn=None, threads=None, export=(), state_
         raise ValueError('the emulated cluster needs MPICH (its Hydra mpiexec takes '
                          f"-launcher-exec); found {path or 'no mpiexec'}: install the mpich "
                          'package into this Python, or give --mpirun PATH to an MPICH mpiexec')
-    env = dict(EMULATION_ENV)
+    env = dict(EMULATION_ENV, LAYERASYNC_RANKS_PER_MACHINE=str(np))
     if not threads:   # the emulated hosts share one machine's cores
         threads = threads_per_rank(environ, usable_cores(), os.cpu_count() or 1, local=np)
     if threads:
