@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Numba caches compiled kernels next to the sources; keep one thread per rank by default.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test venv torch clean experiments exp-stability exp-convergence exp-bench \
+.PHONY: demo test venv torch fuzz clean experiments exp-stability exp-convergence exp-bench \
 	exp-timeline bench-pytorch
 
 venv: $(STAMP)
@@ -26,15 +26,17 @@ demo: $(STAMP)
 # PyTorch, the CPU build, for the cross-checks in the tests and for bench-pytorch;
 # the package itself never needs it. `make test TORCH=1` (and CI, which sets CI=true)
 # installs it first, and then a cross-check skipped for want of torch fails the run
-# (tests/conftest.py). TORCH_INDEX= (empty) takes the default index instead of
-# PyTorch's CPU one; the check after the install refuses a CUDA build either way.
+# (tests/conftest.py). The +cpu local version pins the CPU build, so no index can
+# hand pip a CUDA one; where pip's own indexes lack it, TORCH_INDEX=URL names
+# PyTorch's CPU wheel index (see PyTorch's install page). The check after the
+# install refuses a CUDA build either way.
 TORCH_VERSION ?= 2.13.0
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 WANT_TORCH := $(filter-out 0 false,$(TORCH) $(CI))
 
 torch: $(STAMP)
-	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION) \
-	  $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)+cpu \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -c 'import sys, torch; sys.exit(f"torch {torch.__version__} is a CUDA build" if torch.version.cuda else 0)'
 
 # The serial run includes tests/mpi at one rank; then the MPI tests at 2 ranks, at
@@ -56,6 +58,11 @@ test: $(STAMP) $(if $(WANT_TORCH),torch)
 	MPIR_CVAR_ASYNC_PROGRESS=1 LAYERASYNC_TEST_PROGRESS=mpi $(call mpi_tests,2,900) tests/mpi \
 	  -k "communication_setting or rank_valued"
 	$(call mpi_tests,3,600) tests/mpi3
+
+# The fuzzer of tests/test_fuzz.py, longer than in make test (60,000 cases: about
+# 15 minutes here; docs/reliability.md).
+fuzz: $(STAMP)
+	LAYERASYNC_FUZZ_CASES=$${LAYERASYNC_FUZZ_CASES:-60000} $(PYTEST) -p no:cacheprovider tests/test_fuzz.py -k mutation
 
 # Experiments: each writes its data and figures under $(OUT)/ and prints the
 # table that docs/results.md quotes (with these commands).

@@ -47,8 +47,7 @@ def _apply_overrides(param, settings):
         if spec.kind == 'str' and not value.strip().startswith(('"', "'")):
             value = json.dumps(value)
         parsed = proto.parse(f'{field}: {value}', schema.SolverParameter, f'--set {field}')
-        for name, v in parsed.items():
-            setattr(param, name, v)
+        param.update(parsed)   # keeps the location: errors then name '--set field'
     return param
 
 
