@@ -20,6 +20,7 @@ from .blob import Blob  # noqa: F401
 from .layers import LayerError, NetError  # noqa: F401
 from .net import TEST, TRAIN, Net  # noqa: F401
 from .proto import ProtoError  # noqa: F401
+from .snapshot import SnapshotError  # noqa: F401
 from .solver import AdamSolver, NesterovSolver, SGDSolver, SolverError, get_solver  # noqa: F401
 
 __version__ = '0.1.0'
