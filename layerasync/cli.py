@@ -189,6 +189,9 @@ def cmd_test(args):
 def cmd_time(args):
     from .timing import fill_inputs, format_profile, profile_net
     net = _build_net(args, args.phase)
+    if not net.layers:
+        raise ValueError(f"{net.param.where}: net '{net.name}' has no layers in phase "
+                         f'{args.phase}: nothing to time')
     fill_inputs(net)
     profile = profile_net(net, args.iterations)
     print(format_profile(profile))

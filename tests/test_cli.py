@@ -196,3 +196,10 @@ def test_out_of_range_arguments_are_refused_before_any_work(tmp_path, args, mess
     out = run(*args, cwd=tmp_path, check=False)
     assert out.returncode != 0 and message in out.stderr, out.stderr
     assert 'Traceback' not in out.stderr
+
+
+def test_timing_a_net_without_layers_says_so(tmp_path):
+    (tmp_path / 'empty.prototxt').write_text('name: "empty"\n')
+    out = run('time', '--model', 'empty.prototxt', cwd=tmp_path, check=False)
+    assert out.returncode == 1 and "net 'empty' has no layers in phase TRAIN" in out.stderr
+    assert 'Traceback' not in out.stderr

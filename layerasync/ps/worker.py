@@ -109,8 +109,10 @@ class ParameterServerStrategy(Strategy):
     def _receive(self, i):
         requests, posted = self.in_flight.pop(i)
         layer = self.net.layers[i].name
+        servers = sorted({self.wire.server_rank(p.server) for p in self.layout.by_layer[i]})
         with self.span(f'wait {layer}', layer=layer):
-            self.wire.wait_all(requests)
+            self.wire.wait_all(requests, f"layer '{layer}' from the server rank(s) "
+                                         f"{', '.join(map(str, servers))}")
         if self.trace is not None:
             self.trace.span('comm', f'push/pull {layer}', posted, time.perf_counter(), layer=layer)
         # Backward adds into the gradient; the send has completed, so it may be zeroed.
