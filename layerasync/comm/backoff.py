@@ -57,10 +57,17 @@ class Backoff:
         self.since, self.sleep = None, 0.0
 
     def pause(self):
+        seconds = self.next_sleep()
+        if seconds:
+            time.sleep(seconds)
+
+    def next_sleep(self):
+        """How long this pause should sleep (0 while spinning), for callers that
+        sleep their own way (on a condition, releasing its lock)."""
         now = time.perf_counter()
         if self.since is None:
             self.since = now
         if now - self.since < self.spin:
-            return
+            return 0.0
         self.sleep = min(self.max_sleep, max(2 * self.sleep, self.min_sleep))
-        time.sleep(self.sleep)
+        return self.sleep

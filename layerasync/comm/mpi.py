@@ -242,12 +242,18 @@ class Communicator:
                             generation=g)
 
     def _progress_loop(self):
+        # Polls every poll_interval at first, then less often while nothing moves
+        # (up to max_sleep): a thread that polls at a fixed rate holds a core.
+        backoff = Backoff(0.0, max(self.backoff.max_sleep, self.poll_interval), self.poll_interval)
         with self.lock:
             while self.running:
                 moved = self._step()
                 if self.requests or self.round_req is not None:
-                    if not moved:
+                    if moved:
+                        backoff.reset()
+                    else:
                         # Sleep without the lock: the main thread may post meanwhile.
-                        self.lock.wait(self.poll_interval)
+                        self.lock.wait(backoff.next_sleep())
                 else:
+                    backoff.reset()
                     self.lock.wait()
