@@ -16,10 +16,10 @@ import numpy as np
 
 from . import proto, schema
 from .blob import Arena, Blob
-from .memory import Budget, held_by
 from .data.sampler import BatchContext
 from .graph import layer_specs
 from .layers import LAYERS, NetError
+from .memory import Budget, held_by
 from .proto import Message
 
 __all__ = ['Net', 'TRAIN', 'TEST', 'load_net_param', 'set_batch_size']
