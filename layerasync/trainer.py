@@ -81,7 +81,15 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------
     def run(self, max_iter=None):
-        """Train until ``max_iter`` (default: the solver's); returns the last test results."""
+        """Train until ``max_iter`` (default: the solver's); returns the last test results.
+
+        NumPy's floating-point warnings are off meanwhile: a non-finite loss
+        is reported by the divergence check, with the iteration and the first
+        layer whose output is not finite."""
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            return self._run(max_iter)
+
+    def _run(self, max_iter):
         s, p = self.solver, self.solver.param
         max_iter = p.max_iter if max_iter is None else max_iter
         if max_iter is None:

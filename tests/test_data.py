@@ -131,11 +131,14 @@ def test_embedded_digits():
 def test_synthetic_source():
     source = open_source('synthetic:3x5x7:4:30', TRAIN, DataOptions(seed=3))
     assert (source.shape, source.classes, source.count) == ((3, 5, 7), 4, 30)
-    images = read_all(source)
-    assert images.shape == (30, 3, 5, 7) and source.labels.max() < 4
+    images, every = read_all(source), np.arange(30)
+    labels = source.read_labels(every)
+    assert images.shape == (30, 3, 5, 7) and labels.min() >= 0 and labels.max() < 4
+    assert len(np.unique(labels)) == 4
     again = open_source('synthetic:3x5x7:4:30', TRAIN, DataOptions(seed=3))
     np.testing.assert_array_equal(read_all(again), images)
-    np.testing.assert_array_equal(again.labels, source.labels)
+    np.testing.assert_array_equal(again.read_labels(every), labels)
+    np.testing.assert_array_equal(source.read_labels(np.array([9, 2])), labels[[9, 2]])
     other = open_source('synthetic:3x5x7:4:30', TRAIN, DataOptions(seed=4))
     assert not np.array_equal(read_all(other), images)
     assert not np.array_equal(read_all(open_source('synthetic:3x5x7:4:30', TEST)), images)
@@ -145,6 +148,17 @@ def test_synthetic_source():
     np.testing.assert_array_equal(part, images[[17, 4]])
     default = open_source('synthetic:1x2x2')
     assert (default.classes, default.count) == (10, 1024)
+
+
+def test_a_huge_synthetic_set_costs_nothing_and_sizes_are_bounded():
+    huge = open_source('synthetic:1x2x2:10:2147483647')
+    assert huge.count == 2 ** 31 - 1 and huge.read_labels(np.array([2 ** 31 - 2])) < 10
+    for text, says in (('synthetic:1x2x2:10:2147483648', 'COUNT is 2,147,483,648'),
+                       ('synthetic:1x2x2:10:' + '9' * 22, 'COUNT is 9,999'),
+                       ('synthetic:1x2x2:16777217', 'CLASSES is 16,777,217'),
+                       ('synthetic:1x2x3000000000', 'a dimension is 3,000,000,000')):
+        with pytest.raises(DataError, match=f"source '{text}': {says}.*allowed"):
+            open_source(text)
 
 
 @pytest.mark.parametrize('text, shape, count, max_value', [

@@ -21,7 +21,7 @@ def _fill(source, sampler, transform, t, images, data, label):
     source.read(indices, images)
     transform.apply(images, sampler.positions(t), data)
     if label is not None:
-        label[...] = source.labels[indices]
+        label[...] = source.read_labels(indices)
 
 
 class Dataset:

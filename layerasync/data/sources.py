@@ -48,6 +48,10 @@ class Source:
         """Write the images at ``indices`` into ``out`` (uint8, (len(indices), C, H, W))."""
         raise NotImplementedError
 
+    def read_labels(self, indices):
+        """The labels (int64) of the images at ``indices``."""
+        return self.labels[indices]
+
     def __repr__(self):
         return (f'<{type(self).__name__} {self.name}: {self.count} x {self.shape}, '
                 f'{self.classes} classes>')
@@ -68,14 +72,25 @@ class SyntheticSource(Source):
     """Uniformly random pixels and labels, a pure function of (seed, phase, index).
 
     TRAIN and TEST draw different samples, as real data sets have different
-    files; each image is generated when read, so no memory is spent on it.
+    files; each image and label is generated when read, so no memory is spent
+    on them, whatever ``count``.
     """
 
     def __init__(self, shape, classes, count, seed=0, phase='TRAIN', max_value=255, name=None):
         self.seed, self._stream = seed, _PIXEL_STREAM + _PHASE_CODE[phase]
-        rng = np.random.default_rng([seed, _LABEL_STREAM + _PHASE_CODE[phase]])
+        self._label_stream = _LABEL_STREAM + _PHASE_CODE[phase]
         name = name or 'synthetic:' + 'x'.join(map(str, shape))
-        super().__init__(name, shape, classes, rng.integers(0, classes, count), max_value)
+        super().__init__(name, shape, classes, (), max_value)
+        self._count = count
+
+    @property
+    def count(self):
+        return self._count
+
+    def read_labels(self, indices):
+        # The modulo's bias is below classes / 2**64: nil for any class count allowed.
+        bits = keyed_bits(self.seed, self._label_stream, indices)
+        return (bits % np.uint64(self.classes)).astype(np.int64)
 
     def read(self, indices, out):
         # Eight pixels per 64 random bits, with counters per (image, word): vectorised,
@@ -232,6 +247,10 @@ REAL_SETS = {
 }
 
 
+# Caffe's sizes are 32-bit ints; a label must be exact in a float32 blob.
+_MAX_COUNT, _MAX_CLASSES = 2 ** 31 - 1, 2 ** 24
+
+
 def _synthetic(text, arg, phase, seed):
     parts = arg.split(':')
     try:
@@ -244,6 +263,11 @@ def _synthetic(text, arg, phase, seed):
         raise DataError(f"source '{text}': write synthetic:CxHxW[:CLASSES[:COUNT]] with "
                         'positive integers, e.g. synthetic:3x32x32:10:1024 (default 10 classes, '
                         '1024 samples)')
+    for what, value, most in (('a dimension', max(shape), _MAX_COUNT),
+                              ('CLASSES', classes, _MAX_CLASSES), ('COUNT', count, _MAX_COUNT)):
+        if value > most:
+            raise DataError(f"source '{text}': {what} is {value:,}, more than the {most:,} "
+                            'allowed (sizes are 32-bit, labels exact in float32)')
     return SyntheticSource(shape, classes, count, seed, phase, name=text)
 
 

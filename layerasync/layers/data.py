@@ -103,18 +103,24 @@ class Data(Layer):
             top[1].reshape((p.batch_size,))
 
     def _reserve_buffers(self):
-        """Reserve the prefetched batches before the Dataset allocates them (its
-        thread fills them at once): two of (uint8 images, data, labels), at
-        most the source's sample size each; the sample shape is known without
-        reading the data (from the source's synthetic stand-in)."""
+        """Reserve what the Dataset allocates before it does (its thread fills
+        the prefetched batches at once): two of (uint8 images, data, labels),
+        at most the source's sample size each, and in TRAIN the shuffled
+        sample orders of two neighbouring epochs. The sample shape and count
+        are known without reading the data (from the source's synthetic
+        stand-in)."""
         options = self.data_options or DataOptions()
-        if self.memory is None or not options.prefetch:
+        if self.memory is None:
             return
         probe = open_source(self.param.source, self.phase,
                             dataclasses.replace(options, synthetic=True))
         item, batch = self.dtype.itemsize, self.param.batch_size
-        nbytes = 2 * batch * (math.prod(probe.shape) * (1 + item) + item)
-        self.reserve(f'two prefetched batches of {batch}', nbytes)
+        if options.prefetch:
+            nbytes = 2 * batch * (math.prod(probe.shape) * (1 + item) + item)
+            self.reserve(f'two prefetched batches of {batch}', nbytes)
+        if self.phase == 'TRAIN':
+            self.reserve(f'the sample orders of two epochs of {probe.count:,} samples',
+                         2 * 8 * probe.count)
 
     def _transform_param(self):
         """``transform_param``, with Caffe's deprecated data_param spellings moved in
