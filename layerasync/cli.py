@@ -91,14 +91,21 @@ def cmd_train(args):
     signals = SignalEffects(args.sigint_effect, args.sighup_effect).install()
     try:
         if world is not None and args.strategy in ps.NAMES:
-            data = ps.role(world, args.servers).data(_data_options(args))
-            solver = get_solver(param, seed=args.seed, data=data)
+            role = ps.role(world, args.servers)
+            solver = get_solver(param, seed=args.seed, data=role.data(_data_options(args)))
+            # One watchdog over the whole job: the servers answer a stalled worker.
+            watch = _open_watch(world, args, role.describe)
             try:
-                return ps.run(world, args.strategy, solver,
-                              lambda s: _train(args, s, trace, signals),
-                              args.servers, args.staleness, trace)
+                results = ps.run(world, args.strategy, solver,
+                                 lambda s: _train(args, s, trace, signals, watch),
+                                 args.servers, args.staleness, trace, watch)
+            except Interrupted:
+                _close_watch(watch)   # every rank stopped: the workers at one boundary
+                raise
             finally:
                 solver.close()
+            _close_watch(watch)
+            return results
         rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
         solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
         ps_settings = (dict(servers=args.servers, staleness=args.staleness)
@@ -118,9 +125,11 @@ def cmd_train(args):
         signals.restore()
 
 
-def _train(args, strategy, trace, signals):
+def _train(args, strategy, trace, signals, watch=None):
     """Train ``strategy``'s solver as ``args`` say (the strategy is built, not yet
-    started); returns (the last test results, seconds of training)."""
+    started); returns (the last test results, seconds of training). ``watch``:
+    the caller's stall watchdog (None: one over the strategy's ranks, opened
+    and closed here)."""
     from .snapshot import load_weights
     from .trainer import Log, Trainer
     solver = strategy.solver
@@ -130,11 +139,9 @@ def _train(args, strategy, trace, signals):
         log(f'Fine-tuning from {args.weights}: {load_weights(solver.net, args.weights)}')
     if extra:
         strategy.load_state_dict(extra)
-    watch = None
-    if strategy.control is not None:
-        from .comm import stall
-        watch = stall.StallWatch(strategy.control.comm, args.stall_timeout)
-        stall.install(watch)
+    own_watch = watch is None and strategy.control is not None
+    if own_watch:
+        watch = _open_watch(strategy.control.comm, args)
     trainer = Trainer(solver, strategy, metrics=args.metrics, log=log,
                       progress=False if args.no_progress else None, trace=trace,
                       signals=signals, watch=watch)
@@ -146,15 +153,25 @@ def _train(args, strategy, trace, signals):
     try:
         results = trainer.run()
     except Interrupted:
-        _close_watch(watch)   # every rank stopped at the same boundary
+        if own_watch:
+            _close_watch(watch)   # every rank stopped at the same boundary
         raise
-    _close_watch(watch)
+    if own_watch:
+        _close_watch(watch)
     wall = time.perf_counter() - start
     log(f'Trained {solver.iter} iterations in {wall:.1f} s')
     if trace is not None:
         trace.write(args.trace, strategy.control)
         log(f'Timeline written to {args.trace}')
     return results, wall
+
+
+def _open_watch(comm, args, describe=None):
+    """Collective over ``comm``: the stall watchdog of its ranks, installed."""
+    from .comm import stall
+    watch = stall.StallWatch(comm, args.stall_timeout, describe=describe)
+    stall.install(watch)
+    return watch
 
 
 def _close_watch(watch):

@@ -5,10 +5,13 @@ the same iteration boundary after a snapshot, with one message and an exit
 status that says so (128 + the signal); the snapshot resumes. SIGHUP to one
 rank writes a snapshot and training goes on; ``--sigint-effect none``
 ignores Ctrl-C. A rank stopped with SIGSTOP is named by the stall watchdog of
-the rank waiting for it, and the job ends. Every wait has a timeout: a rank
+the rank waiting for it, and the job ends; in a parameter-server job (three
+ranks) a stopped server or worker is named the same way, and the others'
+answers say where they are. Every wait has a timeout: a rank
 that acted alone would hang the other in its next collective.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,12 +31,12 @@ class Job:
     """``mpiexec -n 2 layerasync train ...`` in ``folder``, its ranks tagged so that
     only processes this test started are signalled."""
 
-    def __init__(self, folder, *extra, iterations=100000):
+    def __init__(self, folder, *extra, iterations=100000, ranks=2):
         self.folder, self.tag = folder, f'{os.getpid()}-{time.monotonic_ns()}'
         env = dict(os.environ, OMP_NUM_THREADS='1', LAYERASYNC_SIGNAL_TEST=self.tag)
         with open(folder / 'out.txt', 'w') as out, open(folder / 'err.txt', 'w') as err:
             self.process = subprocess.Popen(
-                [MPIEXEC, '-n', '2', *TRAIN, '--set', f'max_iter={iterations}', *extra],
+                [MPIEXEC, '-n', str(ranks), *TRAIN, '--set', f'max_iter={iterations}', *extra],
                 cwd=folder, env=env, stdout=out, stderr=err)
 
     def out(self):
@@ -128,3 +131,28 @@ def test_a_stopped_rank_is_named_by_the_stall_watchdog(tmp_path):
     assert code != 0
     assert time.time() - started < 3 + 2 + 20, 'the watchdog took too long'
     assert 'rank 0: error: stalled: waited' in err and 'no answer from rank 1' in err, err
+
+
+@pytest.mark.parametrize('stop, named, answering', [
+    (2, 'no answer from rank 2 (server 0)', r'rank 1 \(worker 1\) at iteration \d+, waiting'),
+    (1, 'no answer from rank 1 (worker 1)',
+     r'rank 2 \(server 0\) at iteration \d+, waiting for the gradients of worker 1'),
+])
+def test_a_stopped_server_or_worker_of_a_parameter_server_job_is_named(tmp_path, stop, named,
+                                                                        answering):
+    job = Job(tmp_path, '--strategy', 'ps-sync', '--stall-timeout', '3', ranks=3)
+    job.wait_for('Iteration 20,')
+    stopped = job.rank(stop)
+    os.kill(stopped, signal.SIGSTOP)
+    started = time.time()
+    try:
+        code, out, err = job.finish(timeout=60)
+    finally:
+        try:
+            os.kill(stopped, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert code != 0
+    assert time.time() - started < 3 + 2 + 30, 'the watchdog took too long'
+    assert 'error: stalled: waited' in err and named in err, err
+    assert re.search(answering, err), err

@@ -15,6 +15,9 @@ the hot path is one ``Test`` of a posted receive per poll and per
 progress call.
 
 One watch per process (``install``); the waits find it through ``check``.
+A rank that only serves (a parameter server) answers but never asks: its
+idle waits for the workers are not stalls, and the workers' own waits for
+it are watched.
 """
 import time
 
@@ -37,11 +40,12 @@ class StallError(RuntimeError):
 class StallWatch:
     """Collective over ``comm`` (every rank builds one and calls ``close``)."""
 
-    def __init__(self, comm, timeout=None, floor=FLOOR, factor=10.0):
+    def __init__(self, comm, timeout=None, floor=FLOOR, factor=10.0, describe=None):
         if timeout is not None and not timeout > 0:
             raise ValueError(f'--stall-timeout must be a positive number of seconds, not {timeout}')
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.describe = describe or (lambda rank: f'rank {rank}')   # how answers name a rank
         self.timeout, self.floor, self.factor = timeout, floor, factor
         self.slowest, self.iteration, self.last_boundary = 0.0, None, None
         self.waiting_for = None
@@ -64,11 +68,14 @@ class StallWatch:
         at = f'iteration {self.iteration}' if self.iteration is not None else 'start-up'
         return f'{at}, waiting for {self.waiting_for}' if self.waiting_for else f'{at}, computing'
 
-    def answer(self):
-        """Answer another rank's question, if one came (cheap: one Test)."""
+    def answer(self, where=None):
+        """Answer another rank's question, if one came (cheap: one Test).
+        ``where``: a function giving this rank's whereabouts instead of
+        ``where()``, called only when a question came."""
         status = MPI.Status()
         if self.probe.Test(status):
-            self.comm.isend(f'rank {self.rank} at {self.where()}', status.Get_source(), _ANSWER)
+            self.comm.isend(f'{self.describe(self.rank)} at {(where or self.where)()}',
+                            status.Get_source(), _ANSWER)
             self.probe = self.comm.Irecv(self.question, MPI.ANY_SOURCE, _ASK)
 
     def check(self, started, what):
@@ -97,9 +104,8 @@ class StallWatch:
         lines = [f'stalled: waited {waited:.0f} s for {what} at '
                  f'{self.where().split(",")[0]} (limit {self.limit():.0f} s, --stall-timeout)']
         if silent:
-            lines.append(f"no answer from rank{'s' if len(silent) > 1 else ''} "
-                         f"{', '.join(map(str, silent))} within {GRACE:.0f} s: stopped, dead, or "
-                         'stuck outside MPI')
+            lines.append(f"no answer from {', '.join(map(self.describe, silent))} within "
+                         f'{GRACE:.0f} s: stopped, dead, or stuck outside MPI')
         lines += [answers[r] for r in sorted(answers)]
         return '; '.join(lines)
 

@@ -97,7 +97,7 @@ def role(world, servers):
     return Role(serving, rank - workers if serving else rank, workers, servers)
 
 
-def run(world, name, solver, train, servers=1, staleness=None, trace=None):
+def run(world, name, solver, train, servers=1, staleness=None, trace=None, watch=None):
     """This rank's part of a ``name`` job (``'ps-sync'`` or ``'ps-async'``) over ``world``.
 
     Collective over ``world``, on which every rank calls it with the same
@@ -108,13 +108,14 @@ def run(world, name, solver, train, servers=1, staleness=None, trace=None):
     ``train(strategy)``; the strategy is closed (collective) once ``train``
     returns or raises ``signals.Interrupted`` (which every worker raises at the
     same boundary), and left open if it raises anything else (the caller ends
-    the job).
+    the job). ``watch``: the job's stall watchdog (``comm.stall.StallWatch``
+    over ``world``), which a server answers while it serves.
     """
     if name not in NAMES:
         raise ValueError(f"'{name}' is not a parameter-server strategy; known: {', '.join(NAMES)}")
     if role(world, servers).serving:
         from .server import serve
-        serve(solver, world, name, servers, staleness, trace)
+        serve(solver, world, name, servers, staleness, trace, watch)
         return None
     from .worker import WORKERS
     strategy = WORKERS[name](solver, world, trace=trace, servers=servers, staleness=staleness)

@@ -54,9 +54,9 @@ class ParameterServer:
     construction (it splits ``world``), ``start()``, and ``close()`` after
     ``run()``, which returns once every worker has sent STOP."""
 
-    def __init__(self, solver, world, name, servers=1, staleness=None, trace=None):
+    def __init__(self, solver, world, name, servers=1, staleness=None, trace=None, watch=None):
         check_solver(solver, name)
-        self.solver, self.name, self.trace = solver, name, trace
+        self.solver, self.name, self.trace, self.watch = solver, name, trace, watch
         self.staleness = staleness_bound(name, staleness)
         self.wire = Wire(world, servers)
         if not self.wire.role.serving:
@@ -92,6 +92,9 @@ class ParameterServer:
         while stopped < self.workers:
             done = job.test_some(self.requests)
             if not done:
+                if self.watch is not None:
+                    # Answer a stalled worker's question; waiting here is idle, not a stall.
+                    self.watch.answer(self._whereabouts)
                 backoff.pause()
                 continue
             backoff.reset()
@@ -104,6 +107,13 @@ class ParameterServer:
                     piece, k = self.keys[j - 1]
                     self.received[piece.index, k] += 1
                     self.on_gradient(piece, k)
+
+    def _whereabouts(self):
+        """What this server waits for, as the stall watchdog's answer says it."""
+        clock = int(self.received.min()) + 1
+        late = [k for k in range(self.workers) if self.received[:, k].min() < clock]
+        return (f"iteration {clock}, waiting for the gradients of worker"
+                f"{'s' if len(late) > 1 else ''} {', '.join(map(str, late))}")
 
     def _listen_for_requests(self):
         return self.wire.control.Irecv(self.request, job.ANY_SOURCE, REQUEST)
@@ -250,10 +260,11 @@ class AsyncServer(ParameterServer):
 SERVERS = {'ps-sync': SyncServer, 'ps-async': AsyncServer}
 
 
-def serve(solver, world, name, servers=1, staleness=None, trace=None):
+def serve(solver, world, name, servers=1, staleness=None, trace=None, watch=None):
     """Run this rank as a server of ``name`` until every worker stops (collective
-    over ``world``; ``layerasync.ps.run`` calls it on the serving ranks)."""
-    server = SERVERS[name](solver, world, name, servers, staleness, trace)
+    over ``world``; ``layerasync.ps.run`` calls it on the serving ranks). ``watch``:
+    the job's stall watchdog, answered between polls."""
+    server = SERVERS[name](solver, world, name, servers, staleness, trace, watch)
     server.start()
     server.run()
     server.close()
