@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: demo test venv torch fuzz clean experiments exp-stability exp-convergence exp-bench \
-	exp-timeline bench-pytorch
+	exp-timeline bench-pytorch bench-versions
 
 venv: $(STAMP)
 
@@ -99,6 +99,14 @@ bench-pytorch: torch
 	mkdir -p $(OUT)
 	$(PY) benchmarks/vs_pytorch.py --json $(OUT)/vs_pytorch.json $(BENCH_PYTORCH_FLAGS) \
 	  | tee $(OUT)/vs_pytorch.md
+
+# Two revisions side by side (default: the last commit against the working
+# checkout's HEAD): BEFORE=rev AFTER=rev VERSIONS_FLAGS='--model alexnet-mini'.
+BEFORE ?= HEAD~1
+AFTER ?= HEAD
+VERSIONS_FLAGS ?=
+bench-versions: $(STAMP)
+	$(PY) benchmarks/versions.py --before $(BEFORE) --after $(AFTER) $(VERSIONS_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,7 @@
 """Argument types shared by the commands."""
 import argparse
 
-__all__ = ['count']
+__all__ = ['count', 'seconds']
 
 
 def count(low):
@@ -16,3 +16,14 @@ def count(low):
         return value
     parse.__name__ = f'whole number >= {low}'
     return parse
+
+
+def seconds(text):
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number of seconds') from None
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError(f'{value:g} is not a positive, finite number of seconds')
+    return value

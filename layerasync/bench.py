@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from . import models, proto, ps, schema
-from ._args import count
+from ._args import count, seconds
 from .net import load_net_param, set_batch_size
 from .strategies import DEFAULT_STRATEGIES, parse_strategy
 
@@ -60,13 +60,16 @@ def make_solver(model, batch, rank, size, seed=1, prefetch=True):
 
 
 def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES), iterations=30,
-              warmup=5, rounds=3, log=print, servers=0, staleness=None, **comm_settings):
+              warmup=5, rounds=3, log=print, servers=0, staleness=None, stall_timeout=None,
+              **comm_settings):
     """Rows of measurements (dicts), identical on every rank (collective over ``world``).
 
     ``strategies``: comma-separated names, as ``--strategy`` takes them.
     ``servers``: the last ``servers`` ranks serve the ``ps-*`` rows and sit out the others.
+    Every row runs under the stall watchdog, as training does (``stall_timeout``:
+    its limit, None for the default), so its cost is in the times.
     """
-    from .comm import job
+    from .comm import job, stall
     from .comm.control import Control
     from .strategies import get_strategy
     names = [s for s in strategies.split(',') if s]
@@ -80,6 +83,8 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
         serving, workers, rank = place.serving, place.workers, 0 if place.serving else place.index
     group = job.split(world, int(serving)) if servers else world
     control = Control(group)
+    watch = stall.StallWatch(world, stall_timeout)
+    stall.install(watch)
     solver = make_solver(model, batch, rank, workers)
     keys = ['compute', 'comm'] + names
     samples = {key: [] for key in keys}
@@ -117,6 +122,8 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
                     f'{k} {1e3 * v:.1f} ms' for k, v in zip(keys, slowest)))
     finally:
         solver.close()
+        stall.uninstall()
+        watch.close()
         if servers:
             group.Free()
     return _rows(samples, names, model, solver, workers, servers, comm_settings)
@@ -217,6 +224,9 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     p.add_argument('--warmup', type=count(0), default=5)
     p.add_argument('--rounds', type=count(1), default=3)
     p.add_argument('--csv', metavar='FILE', help='write the table as CSV')
+    p.add_argument('--stall-timeout', type=seconds, metavar='SECONDS',
+                   help='as for train: end the job when a rank waits longer than this '
+                        '(default 120 s)')
     comm_arguments(p)
 
     def run(args):
@@ -227,7 +237,8 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
             DEFAULT_STRATEGIES + (ps.NAMES if args.servers else ()))
         rows = run_bench(world, args.model, args.batch, strategies, args.iterations,
                          args.warmup, args.rounds, log=print if rank == 0 else (lambda *a: None),
-                         servers=args.servers, staleness=args.staleness, **comm_settings(args))
+                         servers=args.servers, staleness=args.staleness,
+                         stall_timeout=args.stall_timeout, **comm_settings(args))
         if rank == 0:
             print(format_rows(rows))
             if args.csv:

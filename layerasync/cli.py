@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import bench, models, plot, proto, ps, schema, strategies
-from ._args import count
+from ._args import count, seconds
 from ._threads import blas_threads
 from .signals import EFFECTS, Interrupted, SignalEffects
 from .launch import cli as launch_cli
@@ -279,7 +279,7 @@ def parser():
                         'stop (default), snapshot and go on, or nothing')
     p.add_argument('--sighup-effect', choices=EFFECTS, default='snapshot',
                    help='what SIGHUP does (default: snapshot and go on)')
-    p.add_argument('--stall-timeout', type=float, metavar='SECONDS',
+    p.add_argument('--stall-timeout', type=seconds, metavar='SECONDS',
                    help='end the job when a rank waits longer than this for the others, naming '
                         'the ranks that do not answer (default: 10 x the slowest iteration so '
                         'far, at least 120 s)')
