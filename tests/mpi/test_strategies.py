@@ -157,13 +157,34 @@ def stale_sgd(model, batch, delay, iters, momentum):
         solver.close()
 
 
+def assert_close_per_blob(model, actual, expected, tolerance=1e-4):
+    """Each parameter blob within ``tolerance`` of ``expected`` in relative 2-norm.
+
+    Two summation orders (P ranks' gradients summed, or one process's GEMM over
+    P times the batch) can flip a ReLU whose input is within rounding of zero;
+    that unit's row then differs by far more than rounding, elementwise, while
+    the blob stays within ~1e-5. A gradient applied one iteration early or late
+    moves every blob by more than 4e-3 here: the tolerance sits between.
+    """
+    solver = make_solver(model, 1)
+    try:
+        for i in solver.net.param_layers:
+            for k, slot in enumerate(solver.slots_of[i]):
+                a, e = actual[slot.view], expected[slot.view]
+                error = float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30))
+                assert error < tolerance, (f'layer {solver.net.layers[i].name!r} blob {k}: '
+                                           f'relative error {error:.2e} >= {tolerance:.0e}')
+    finally:
+        solver.close()
+
+
 @pytest.mark.parametrize('delay, momentum', [(1, 0.0), (2, 0.9)])
 def test_delayed_equals_stale_gradient_sgd(comm, delay, momentum):
     weights = train('lenet', f'delayed:{delay}', comm, 2, solver_extra=f'momentum: {momentum}',
                     chunk_bytes=65536)
     same_on_all_ranks(comm, weights)
     expected = stale_sgd('lenet', 2 * comm.size, delay, ITERS, momentum)
-    np.testing.assert_allclose(weights, expected, rtol=2e-4, atol=2e-6)
+    assert_close_per_blob('lenet', weights, expected)
     first_k = train('lenet', f'delayed:{delay}', comm, 2, iters=delay)
     np.testing.assert_array_equal(first_k, train('lenet', 'sync', comm, 2, iters=0),
                                   'no update during the first K iterations')
