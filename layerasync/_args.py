@@ -1,7 +1,7 @@
 """Argument types shared by the commands."""
 import argparse
 
-__all__ = ['count', 'seconds']
+__all__ = ['count', 'seconds', 'layer_types']
 
 
 def count(low):
@@ -27,3 +27,15 @@ def seconds(text):
     if not 0 < value < float('inf'):
         raise argparse.ArgumentTypeError(f'{value:g} is not a positive, finite number of seconds')
     return value
+
+
+def layer_types(text):
+    """An argparse type: comma-separated layer types, each a type the package has."""
+    from .layers import LAYERS
+    types = tuple(t for t in text.split(',') if t)
+    unknown = [t for t in types if t not in LAYERS]
+    if unknown or not types:
+        raise argparse.ArgumentTypeError(
+            f"unknown layer type {', '.join(map(repr, unknown)) or repr(text)}; known: "
+            f"{', '.join(sorted(LAYERS))}")
+    return types

@@ -37,21 +37,24 @@ import time
 import numpy as np
 
 from . import models, proto, ps, schema
-from ._args import count, seconds
-from .net import load_net_param, set_batch_size
+from ._args import count, layer_types, seconds
+from .net import load_net_param, remove_layers, set_batch_size
 from .strategies import DEFAULT_STRATEGIES, parse_strategy
 
 __all__ = ['run_bench', 'make_solver', 'format_rows', 'write_csv', 'add_commands']
 
 
-def make_solver(model, batch, rank, size, seed=1, prefetch=True):
+def make_solver(model, batch, rank, size, seed=1, prefetch=True, remove=()):
     """A fixed-rate SGD solver for net ``model`` (a file or zoo name) at ``batch``
-    per rank (None: the prototxt's), reading the synthetic shard of ``rank`` of ``size``."""
+    per rank (None: the prototxt's), reading the synthetic shard of ``rank`` of
+    ``size``; without its layers of the types in ``remove`` (``net.remove_layers``)."""
     from .data import DataOptions
     from .solver import get_solver
     net = load_net_param(models.resolve(model, 'net'))
     if batch:
         set_batch_size(net, batch)
+    if remove:
+        remove_layers(net, remove)
     param = proto.parse('base_lr: 0.001 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
                         f'random_seed: {seed}', schema.SolverParameter)
     param.net_param = net
@@ -61,13 +64,14 @@ def make_solver(model, batch, rank, size, seed=1, prefetch=True):
 
 def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES), iterations=30,
               warmup=5, rounds=3, log=print, servers=0, staleness=None, stall_timeout=None,
-              **comm_settings):
+              remove=(), **comm_settings):
     """Rows of measurements (dicts), identical on every rank (collective over ``world``).
 
     ``strategies``: comma-separated names, as ``--strategy`` takes them.
     ``servers``: the last ``servers`` ranks serve the ``ps-*`` rows and sit out the others.
     Every row runs under the stall watchdog, as training does (``stall_timeout``:
-    its limit, None for the default), so its cost is in the times.
+    its limit, None for the default), so its cost is in the times. ``remove``:
+    layer types to take out of the net (``net.remove_layers``).
     """
     from .comm import job, stall
     from .comm.control import Control
@@ -85,7 +89,7 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
     control = Control(group)
     watch = stall.StallWatch(world, stall_timeout)
     stall.install(watch)
-    solver = make_solver(model, batch, rank, workers)
+    solver = make_solver(model, batch, rank, workers, remove=remove)
     keys = ['compute', 'comm'] + names
     samples = {key: [] for key in keys}
     try:
@@ -215,6 +219,9 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     p = subparsers.add_parser('bench', help='all strategies side by side (run under mpirun)')
     p.add_argument('--model', required=True, help='net prototxt or zoo name (synthetic data)')
     p.add_argument('--batch', type=count(1), help='batch per rank (default: the prototxt\'s)')
+    p.add_argument('--remove-layers', type=layer_types, default=(), metavar='TYPE[,TYPE]',
+                   help='take the layers of these types out of the net (e.g. LRN: PyTorch\'s '
+                        'is slow, so compare without it); each must keep its input\'s shape')
     p.add_argument('--strategies', help=f"comma-separated; default: {','.join(DEFAULT_STRATEGIES)}"
                    f", and with --servers also {','.join(ps.NAMES)}")
     p.add_argument('--servers', type=count(0), default=0, metavar='S',
@@ -238,7 +245,8 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
         rows = run_bench(world, args.model, args.batch, strategies, args.iterations,
                          args.warmup, args.rounds, log=print if rank == 0 else (lambda *a: None),
                          servers=args.servers, staleness=args.staleness,
-                         stall_timeout=args.stall_timeout, **comm_settings(args))
+                         stall_timeout=args.stall_timeout, remove=args.remove_layers,
+                         **comm_settings(args))
         if rank == 0:
             print(format_rows(rows))
             if args.csv:

@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import bench, models, plot, proto, ps, schema, strategies
-from ._args import count, seconds
+from ._args import count, layer_types, seconds
 from ._threads import blas_threads
 from .signals import EFFECTS, Interrupted, SignalEffects
 from .launch import cli as launch_cli
@@ -183,10 +183,12 @@ def _close_watch(watch):
 
 
 def _build_net(args, phase):
-    from .net import Net, load_net_param, set_batch_size
+    from .net import Net, load_net_param, remove_layers, set_batch_size
     param = load_net_param(models.resolve(args.model, 'net'))
     if getattr(args, 'batch', None):
         set_batch_size(param, args.batch)
+    if getattr(args, 'remove_layers', None):
+        remove_layers(param, args.remove_layers)
     return Net(param, phase, data=_data_options(args))
 
 
@@ -301,6 +303,8 @@ def parser():
     p.add_argument('--iterations', type=count(1), default=10)
     p.add_argument('--batch', type=count(1), help='batch size (default: the prototxt\'s)')
     p.add_argument('--phase', default='TRAIN', choices=['TRAIN', 'TEST'])
+    p.add_argument('--remove-layers', type=layer_types, metavar='TYPE[,TYPE]',
+                   help='take the layers of these types out of the net (see bench)')
     p.add_argument('--json', metavar='FILE', help='write the profile as JSON (the simulator reads it)')
     _data_arguments(p)
     p.set_defaults(run=cmd_time)

@@ -22,7 +22,7 @@ from .layers import LAYERS, NetError
 from .memory import Budget, held_by
 from .proto import Message
 
-__all__ = ['Net', 'TRAIN', 'TEST', 'load_net_param', 'set_batch_size']
+__all__ = ['Net', 'TRAIN', 'TEST', 'load_net_param', 'set_batch_size', 'remove_layers']
 
 TRAIN, TEST = 'TRAIN', 'TEST'
 
@@ -42,6 +42,39 @@ def set_batch_size(param, batch):
                 shape.dim[0] = batch
     for shape in param.input_shape:
         shape.dim[0] = batch
+    return param
+
+
+def remove_layers(param, types):
+    """Drop every layer whose type is in ``types`` from a NetParameter (in place),
+    wiring its consumers to its input: a variant of a net without, say, its
+    LRN layers (``remove_layers(param, {'LRN'})``). Each removed layer must
+    have one bottom and one top and keep the shape (a normalisation, an
+    activation, dropout); ValueError naming the layer otherwise, or when no
+    layer has one of the types."""
+    types, kept, renamed, removed = set(types), [], {}, 0
+    for layer in param.layer:
+        if layer.type not in types:
+            bottoms = list(layer.bottom)
+            layer.bottom = [renamed.get(b, b) for b in bottoms]
+            # An in-place top follows its bottom; a new blob of a removed name shadows it.
+            layer.top = [renamed.get(t, t) if t in bottoms else t for t in layer.top]
+            for t in layer.top:
+                if t not in bottoms:
+                    renamed.pop(t, None)
+            kept.append(layer)
+            continue
+        if len(layer.bottom) != 1 or len(layer.top) != 1:
+            raise ValueError(f"{layer.where}: layer '{layer.name}' ({layer.type}) has "
+                             f'{len(layer.bottom)} bottoms and {len(layer.top)} tops; only a '
+                             'layer with one of each can be removed')
+        bottom = renamed.get(layer.bottom[0], layer.bottom[0])
+        renamed[layer.top[0]] = bottom
+        removed += 1
+    if not removed:
+        raise ValueError(f"{param.where}: no layer of type {', '.join(sorted(types))} to remove; "
+                         f"the net has {', '.join(sorted({l.type for l in param.layer}))}")
+    param.layer = kept
     return param
 
 

@@ -263,3 +263,15 @@ def test_bad_layer_parameters_name_the_layer(kind, param, expected):
     with pytest.raises(la.LayerError) as e:
         la.Net(text, la.TRAIN)
     assert f"<string>:2:1: layer 'bad' ({kind}): " in str(e.value) and expected in str(e.value)
+
+
+def test_remove_layers_wires_consumers_to_the_input():
+    from layerasync.net import load_net_param, remove_layers
+    param = remove_layers(load_net_param(la.models.path('alexnet-mini')), {'LRN'})
+    assert 'LRN' not in {layer.type for layer in param.layer}
+    by_name = {layer.name: layer for layer in param.layer}
+    assert by_name['conv2'].bottom == ['pool1'] and by_name['pool2'].bottom == ['conv2']
+    net = la.Net(param, la.TRAIN, data=la.data.DataOptions(synthetic=True, prefetch=False))
+    net.forward()
+    with pytest.raises(ValueError, match='no layer of type LRN to remove'):
+        remove_layers(param, {'LRN'})
