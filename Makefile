@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: demo test venv torch fuzz clean experiments exp-stability exp-convergence exp-bench \
-	exp-timeline bench-pytorch bench-versions
+	exp-timeline bench-pytorch bench-versions bench-stall bench-hide
 
 venv: $(STAMP)
 
@@ -107,6 +107,17 @@ AFTER ?= HEAD
 VERSIONS_FLAGS ?=
 bench-versions: $(STAMP)
 	$(PY) benchmarks/versions.py --before $(BEFORE) --after $(AFTER) $(VERSIONS_FLAGS)
+
+# What the stall watchdog costs an allreduce (docs/reliability.md).
+bench-stall: $(STAMP)
+	OMP_NUM_THREADS=1 $(MPIEXEC) -n 2 $(PY) benchmarks/stall_cost.py $(STALL_FLAGS)
+
+# The headline comparison (docs/results.md): our strategies against PyTorch DDP on
+# the emulated two-host cluster (root; brought up at 150 Mbit/s if none is up).
+HIDE_FLAGS ?=
+bench-hide: torch
+	mkdir -p $(OUT)
+	$(PY) benchmarks/hide.py --json $(OUT)/hide.json $(HIDE_FLAGS) | tee $(OUT)/hide.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
