@@ -78,10 +78,12 @@ def _comm_settings(args):
 
 
 def cmd_train(args):
-    from .solver import get_solver, load_solver_param
+    from .solver import get_solver, load_solver_param, remove_solver_layers
     if args.weights and args.snapshot:
         raise SystemExit('layerasync train: give --weights (fine-tune) or --snapshot (resume), not both')
     param = _apply_overrides(load_solver_param(models.resolve(args.solver, 'solver')), args.set)
+    if args.remove_layers:
+        remove_solver_layers(param, args.remove_layers)
     world = _mpi(args)
     trace = None
     if args.trace:
@@ -276,6 +278,8 @@ def parser():
     p.add_argument('--metrics', metavar='FILE', help='append metrics as JSON Lines to FILE')
     p.add_argument('--trace', metavar='FILE',
                    help='write a Chrome/Perfetto timeline of every rank to FILE')
+    p.add_argument('--remove-layers', type=layer_types, metavar='TYPE[,TYPE]',
+                   help="take the layers of these types out of the solver's net (see bench)")
     p.add_argument('--sigint-effect', choices=EFFECTS, default='stop',
                    help='what SIGINT and SIGTERM do at the next iteration boundary: snapshot and '
                         'stop (default), snapshot and go on, or nothing')

@@ -45,6 +45,22 @@ def load_solver_param(source):
     return proto.load(source, schema.SolverParameter)
 
 
+def remove_solver_layers(param, types):
+    """Take the layers of ``types`` out of a SolverParameter's net (in place; see
+    ``net.remove_layers``): a ``net`` file is read into ``net_param`` first. A
+    solver with separate ``train_net``/``test_net`` files gets a SolverError."""
+    from .net import remove_layers
+    if param.train_net or param.test_net:
+        raise SolverError(f"{param.where}: removing layers needs a solver with one net "
+                          "('net' or 'net_param'), not train_net/test_net")
+    if not param.has('net_param'):
+        if not param.net:
+            raise SolverError(f"{param.where}: the solver names no net (set 'net' or 'train_net')")
+        param.net_param = load_net_param(_resolve(param.net, _solver_file(param)))
+    remove_layers(param.net_param, types)
+    return param
+
+
 def _resolve(path, solver_file):
     """A relative net path: from the solver file's folder if it is there, else
     from the working directory (Caffe's rule)."""

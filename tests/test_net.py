@@ -275,3 +275,13 @@ def test_remove_layers_wires_consumers_to_the_input():
     net.forward()
     with pytest.raises(ValueError, match='no layer of type LRN to remove'):
         remove_layers(param, {'LRN'})
+
+
+def test_remove_solver_layers_inlines_the_net_without_them():
+    from layerasync.solver import SolverError, load_solver_param, remove_solver_layers
+    param = remove_solver_layers(load_solver_param(la.models.resolve('alexnet-mini', 'solver')),
+                                 ['LRN'])
+    assert 'LRN' not in {layer.type for layer in param.net_param.layer}
+    two_nets = load_solver_param('train_net: "a.prototxt" test_net: "b.prototxt"')
+    with pytest.raises(SolverError, match='one net'):
+        remove_solver_layers(two_nets, ['LRN'])
