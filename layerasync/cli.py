@@ -81,6 +81,8 @@ def cmd_train(args):
     from .solver import get_solver, load_solver_param, remove_solver_layers
     if args.weights and args.snapshot:
         raise SystemExit('layerasync train: give --weights (fine-tune) or --snapshot (resume), not both')
+    if args.trace_link and not args.trace:
+        raise SystemExit('layerasync train: --trace-link samples into the timeline: give --trace FILE too')
     param = _apply_overrides(load_solver_param(models.resolve(args.solver, 'solver')), args.set)
     if args.remove_layers:
         remove_solver_layers(param, args.remove_layers)
@@ -89,6 +91,8 @@ def cmd_train(args):
     if args.trace:
         from .trace import Trace
         trace = Trace(world.Get_rank() if world is not None else 0)
+        if args.trace_link:
+            trace.sample_link(args.trace_link)
     # Every rank records signals from here on (servers too: they stop when the workers do).
     signals = SignalEffects(args.sigint_effect, args.sighup_effect).install()
     try:
@@ -278,6 +282,9 @@ def parser():
     p.add_argument('--metrics', metavar='FILE', help='append metrics as JSON Lines to FILE')
     p.add_argument('--trace', metavar='FILE',
                    help='write a Chrome/Perfetto timeline of every rank to FILE')
+    p.add_argument('--trace-link', metavar='DEV',
+                   help="with --trace: sample network device DEV's byte counters (e.g. eth0) "
+                        'into the timeline')
     p.add_argument('--remove-layers', type=layer_types, metavar='TYPE[,TYPE]',
                    help="take the layers of these types out of the solver's net (see bench)")
     p.add_argument('--sigint-effect', choices=EFFECTS, default='stop',

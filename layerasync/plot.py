@@ -9,7 +9,7 @@ the simulator's plots load it from here too).
 import json
 import os
 
-__all__ = ['plot_timeline', 'plot_metrics', 'add_commands']
+__all__ = ['plot_timeline', 'timeline_summary', 'plot_metrics', 'add_commands']
 
 COLORS = {'forward': '#4C72B0', 'backward': '#DD8452', 'wait': '#C44E52',
           'update': '#55A868', 'comm': '#8172B3'}
@@ -45,10 +45,55 @@ def _lanes(spans):
     return out, max(len(ends), 1)
 
 
-def plot_timeline(trace_path, out, iteration=None):
-    """Draw iteration ``iteration`` (default: the second to last) of every rank."""
-    from .trace import load_spans
+def _rates(samples, t0, t1, window=0.005):
+    """(ms since t0, tx MB/s) over windows of ``window`` seconds within [t0, t1]."""
+    inside = [s for s in samples if t0 - window <= s[0] <= t1 + window]
+    out, last = [], None
+    for t, tx, _ in inside:
+        if last is None or t - last[0] >= window:
+            if last is not None:
+                out.append(((0.5 * (t + last[0]) - t0) * 1e3, (tx - last[1]) / (t - last[0]) / 1e6))
+            last = (t, tx)
+    return out
+
+
+def timeline_summary(trace_path, iteration=None):
+    """Lines describing one iteration of every rank: its length, the longest gaps
+    between progress calls in forward and in backward, and what the link sent."""
+    from .trace import load_samples, load_spans
     spans = load_spans(trace_path)
+    iteration = _pick_iteration(trace_path, spans, iteration)
+    link, calls = load_samples(trace_path)
+    lines = [f'iteration {iteration}:']
+    for rank in sorted({s['rank'] for s in spans}):
+        mine = [s for s in spans if s['rank'] == rank and s['track'] == 'compute'
+                and s['args'].get('iteration') == iteration]
+        t0, t1 = min(s['start'] for s in mine), max(s['end'] for s in mine)
+        text = f'  rank {rank}: {(t1 - t0) * 1e3:.1f} ms'
+        for phase in ('forward', 'backward'):
+            part = [s for s in mine if s['args'].get('phase') == phase]
+            if not part or rank not in calls:
+                continue
+            a, b = min(s['start'] for s in part), max(s['end'] for s in part)
+            # A wait polls all along: its span is no gap.
+            waits = [(s['start'], s['end']) for s in mine if s['name'].startswith('wait')
+                     and s['end'] > a and s['start'] < b]
+            marks = sorted([a, b] + [t for t in calls[rank] if a <= t <= b]
+                           + [t for w in waits for t in w])
+            gap = max((y - x for x, y in zip(marks, marks[1:])
+                       if not any(w0 <= x and y <= w1 for w0, w1 in waits)), default=0.0)
+            text += f'; {phase} {(b - a) * 1e3:.1f} ms, longest gap between progress calls {gap * 1e3:.1f} ms'
+        if rank in link:
+            inside = [s for s in link[rank] if t0 <= s[0] <= t1]
+            if len(inside) > 1:
+                sent = inside[-1][1] - inside[0][1]
+                seconds = inside[-1][0] - inside[0][0]
+                text += f'; sent {sent / 1e6:.2f} MB, {sent / seconds / 1e6:.2f} MB/s on average'
+        lines.append(text)
+    return '\n'.join(lines)
+
+
+def _pick_iteration(trace_path, spans, iteration):
     compute = [s for s in spans if s['track'] == 'compute']
     if not compute:
         raise ValueError(f'{trace_path}: no compute spans; was it written by --trace?')
@@ -57,20 +102,43 @@ def plot_timeline(trace_path, out, iteration=None):
         iteration = iterations[-2] if len(iterations) > 1 else iterations[-1]
     if iteration not in iterations:
         raise ValueError(f'{trace_path}: no iteration {iteration}; it has {iterations[0]}..{iterations[-1]}')
+    return iteration
+
+
+def plot_timeline(trace_path, out, iteration=None):
+    """Draw iteration ``iteration`` (default: the second to last) of every rank:
+    compute, the chunks in flight, and (when sampled) the link's send rate."""
+    from .trace import load_samples, load_spans
+    spans = load_spans(trace_path)
+    link, calls = load_samples(trace_path)
+    iteration = _pick_iteration(trace_path, spans, iteration)
+    compute = [s for s in spans if s['track'] == 'compute']
     mine = [s for s in compute if s['args'].get('iteration') == iteration]
     t0, t1 = min(s['start'] for s in mine), max(s['end'] for s in mine)
     shown = [s for s in spans if s['end'] > t0 and s['start'] < t1]
     plt = _matplotlib()
     ranks = sorted({s['rank'] for s in shown})
-    rows, labels, y = [], [], 0
+    rows, labels, ticks, curves, y = [], [], [], [], 0
     for rank in ranks:
         comm_lanes, depth = _lanes([s for s in shown if s['rank'] == rank and s['track'] == 'comm'])
         rows.append((y, 1, [(0, s) for s in shown if s['rank'] == rank and s['track'] == 'compute']))
         labels.append((y + 0.5, f'rank {rank}\ncompute'))
         rows.append((y + 1.2, 1 / depth, comm_lanes))
         labels.append((y + 1.7, f'rank {rank}\ncomm'))
+        ticks.append((y + 1.0, [t for t in calls.get(rank, []) if t0 <= t <= t1]))
         y += 2.6
+        if rank in link:
+            curves.append((y, _rates(link[rank], t0, t1)))
+            labels.append((y + 0.5, f'rank {rank}\nsent'))
+            y += 1.4
     fig, ax = plt.subplots(figsize=(12, 1.2 + 1.1 * y))
+    top = max((r for _, curve in curves for _, r in curve), default=0) or 1
+    for base, curve in curves:
+        ax.fill_between([x for x, _ in curve], [base + 1] * len(curve),
+                        [base + 1 - r / top for _, r in curve], color='#8172B3', alpha=0.6,
+                        step='mid', linewidth=0)
+    for base, times in ticks:
+        ax.vlines([(t - t0) * 1e3 for t in times], base, base + 0.15, color='black', linewidth=0.4)
     for base, height, lane_spans in rows:
         for lane, s in lane_spans:
             start, end = max(s['start'], t0), min(s['end'], t1)
@@ -84,7 +152,12 @@ def plot_timeline(trace_path, out, iteration=None):
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
     ax.legend(handles, ['forward', 'backward', 'wait', 'update', 'allreduce (chunk)'],
               ncol=5, loc='upper center', bbox_to_anchor=(0.5, 1.15), frameon=False)
-    ax.set_title(os.path.basename(trace_path), loc='left', fontsize=9, pad=24)
+    title = os.path.basename(trace_path)
+    if curves:
+        title += f'; sent: MB/s, full height {top:.1f}'
+    if ticks and any(t for _, t in ticks):
+        title += '; black ticks: progress calls'
+    ax.set_title(title, loc='left', fontsize=9, pad=24)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -125,7 +198,8 @@ def add_commands(subparsers):
     t.add_argument('--iteration', type=int, help='which iteration (default: the second to last)')
     t.add_argument('--out', help='PNG to write (default: TRACE with .png)')
     t.set_defaults(run=lambda a: print(plot_timeline(
-        a.trace, a.out or os.path.splitext(a.trace)[0] + '.png', a.iteration)))
+        a.trace, a.out or os.path.splitext(a.trace)[0] + '.png', a.iteration) + '\n'
+        + timeline_summary(a.trace, a.iteration)))
     m = kinds.add_parser('metrics', help='test accuracy (or any metric) over time')
     m.add_argument('metrics', nargs='+', help='JSON Lines files written by train --metrics')
     m.add_argument('--x', choices=['time', 'iter'], default='time')

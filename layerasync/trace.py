@@ -4,7 +4,11 @@ One process per rank, with tracks (threads, in the trace's terms):
 
 - ``compute``: each layer's forward and backward, the strategy's waits and
   the solver's updates (they all run on the training thread);
-- ``comm``: each chunk's allreduce from its post to its completion.
+- ``comm``: each chunk's allreduce from its post to its completion;
+- ``progress``: an instant at every progress call of the ``poll`` engine
+  (the link moves only inside MPI calls: their gaps are its idle time);
+- ``link``: with ``sample_link(device)``, the bytes the network device sent
+  and received, sampled every few milliseconds (Chrome counter events).
 
 Open the file in Perfetto (ui.perfetto.dev) or chrome://tracing, or draw one
 iteration with ``layerasync plot timeline FILE``. Every span carries its
@@ -15,11 +19,13 @@ taken relative to a common start (``start()`` after a barrier), so ranks on
 different hosts line up to within the barrier's latency.
 """
 import json
+import os
+import threading
 import time
 
-__all__ = ['Trace', 'TracedHooks', 'load_spans']
+__all__ = ['Trace', 'TracedHooks', 'load_spans', 'load_samples']
 
-TRACKS = {'compute': 1, 'comm': 2}
+TRACKS = {'compute': 1, 'comm': 2, 'progress': 3, 'link': 4}
 
 
 class Trace:
@@ -30,9 +36,21 @@ class Trace:
         self.events = []
         self.origin = time.perf_counter()
         self.iteration = 0
+        self.instants = []    # perf_counter times of progress calls
+        self._sampler = None
 
     def start(self):
         self.origin = time.perf_counter()
+        self.instants.clear()
+
+    def instant(self, now):
+        """A progress call at ``now`` (perf_counter seconds)."""
+        self.instants.append(now)
+
+    def sample_link(self, device, interval=0.002):
+        """Sample ``device``'s byte counters (``/sys/class/net/DEVICE/statistics``)
+        every ``interval`` seconds in a thread, until ``write``."""
+        self._sampler = _LinkSampler(device, interval)
 
     def span(self, track, name, start, end, **args):
         """A span on ``track`` from ``start`` to ``end`` (perf_counter seconds)."""
@@ -45,7 +63,14 @@ class Trace:
     def write(self, path, control=None):
         """Write the Chrome trace; with ``control`` (a ``comm.control.Control``),
         rank 0 writes every rank's spans (collective)."""
-        events = self.events
+        events = self.events + [
+            {'ph': 'i', 's': 't', 'name': 'progress', 'pid': self.rank, 'tid': TRACKS['progress'],
+             'ts': round((t - self.origin) * 1e6, 3)} for t in self.instants]
+        if self._sampler is not None:
+            events += [{'ph': 'C', 'name': f'{self._sampler.device} bytes', 'pid': self.rank,
+                        'tid': TRACKS['link'], 'ts': round((t - self.origin) * 1e6, 3),
+                        'args': {'tx': tx, 'rx': rx}} for t, tx, rx in self._sampler.stop()]
+            self._sampler = None
         if control is not None and control.size > 1:
             everyone = control.allgather_text(events)
             if control.rank != 0:
@@ -60,6 +85,38 @@ class Trace:
                       'args': {'name': track}} for track, tid in TRACKS.items()]
         with open(path, 'w') as f:
             json.dump({'traceEvents': meta + events, 'displayTimeUnit': 'ms'}, f)
+
+
+class _LinkSampler:
+    """A thread reading a network device's tx and rx byte counters."""
+
+    def __init__(self, device, interval):
+        folder = os.path.join('/sys/class/net', device, 'statistics')
+        try:
+            self._fds = [os.open(os.path.join(folder, f), os.O_RDONLY)
+                         for f in ('tx_bytes', 'rx_bytes')]
+        except OSError as e:
+            raise ValueError(f"no network device '{device}' to sample here ({e.strerror}: "
+                             f'{folder}); name one of {", ".join(sorted(os.listdir("/sys/class/net")))}'
+                             ) from None
+        self.device, self.interval, self.samples = device, interval, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name='layerasync-link')
+        self._thread.start()
+
+    def _read(self):
+        return time.perf_counter(), *(int(os.pread(fd, 32, 0)) for fd in self._fds)
+
+    def _run(self):
+        while not self._done.wait(self.interval):
+            self.samples.append(self._read())
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
+        for fd in self._fds:
+            os.close(fd)
+        return self.samples
 
 
 class TracedHooks:
@@ -110,3 +167,18 @@ def load_spans(path):
     return [{'rank': e['pid'], 'track': names.get(e['tid'], str(e['tid'])), 'name': e['name'],
              'start': e['ts'] / 1e6, 'end': (e['ts'] + e['dur']) / 1e6, 'args': e.get('args', {})}
             for e in events if e.get('ph') == 'X']
+
+
+def load_samples(path):
+    """The link samples of a trace: {rank: [(seconds, tx bytes, rx bytes), ...]}, and
+    the progress calls: {rank: [seconds, ...]}."""
+    with open(path) as f:
+        data = json.load(f)
+    events = data['traceEvents'] if isinstance(data, dict) else data
+    link, calls = {}, {}
+    for e in events:
+        if e.get('ph') == 'C':
+            link.setdefault(e['pid'], []).append((e['ts'] / 1e6, e['args']['tx'], e['args']['rx']))
+        elif e.get('ph') == 'i' and e.get('name') == 'progress':
+            calls.setdefault(e['pid'], []).append(e['ts'] / 1e6)
+    return link, {r: sorted(t) for r, t in calls.items()}

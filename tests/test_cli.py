@@ -203,3 +203,16 @@ def test_timing_a_net_without_layers_says_so(tmp_path):
     out = run('time', '--model', 'empty.prototxt', cwd=tmp_path, check=False)
     assert out.returncode == 1 and "net 'empty' has no layers in phase TRAIN" in out.stderr
     assert 'Traceback' not in out.stderr
+
+
+def test_remove_layers_and_trace_link_check_their_input(workdir):
+    out = run('train', '--solver', 'solver.prototxt', '--remove-layers', 'LRN', cwd=workdir,
+              check=False)
+    assert out.returncode == 1 and 'no layer of type LRN to remove' in out.stderr, out.stderr
+    out = run('train', '--solver', 'solver.prototxt', '--trace-link', 'lo', cwd=workdir,
+              check=False)
+    assert out.returncode != 0 and 'give --trace FILE too' in out.stderr, out.stderr
+    out = run('train', '--solver', 'solver.prototxt', '--set', 'max_iter=2', '--remove-layers',
+              'Dropout', '--trace', 't.json', '--trace-link', 'lo', cwd=workdir)
+    assert 'Timeline written to t.json' in out.stdout + out.stderr
+    assert 'Traceback' not in out.stderr

@@ -120,6 +120,8 @@ class Communicator:
     def progress(self):
         """Advance in-flight work; cheap, called between layers (poll engines)."""
         if self.thread is None:
+            if self.trace is not None:
+                self.trace.instant(time.perf_counter())
             self._step()
         stall.answer()
 

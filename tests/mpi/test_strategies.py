@@ -214,9 +214,10 @@ def test_ranks_with_different_settings_stop_at_start(comm):
 
 
 def test_trace_records_layers_waits_and_chunks(comm, tmp_path_factory):
-    from layerasync.plot import plot_timeline
-    from layerasync.trace import Trace, load_spans
+    from layerasync.plot import plot_timeline, timeline_summary
+    from layerasync.trace import Trace, load_samples, load_spans
     trace = Trace(comm.rank)
+    trace.sample_link('lo', interval=0.001)
     solver = make_solver('lenet', 2, comm.rank, comm.size)
     s = get_strategy('async-layerwise', solver, comm, trace=trace, chunk_bytes=65536)
     try:
@@ -234,9 +235,23 @@ def test_trace_records_layers_waits_and_chunks(comm, tmp_path_factory):
     assert any(n.startswith('wait b') for n in names) and any(n.startswith('update b') for n in names)
     chunks = [sp for sp in spans if sp['track'] == 'comm']
     assert chunks and all(sp['end'] >= sp['start'] for sp in chunks)
+    link, calls = load_samples(path)
+    assert set(link) == set(calls) == set(range(comm.size))
+    assert all(b[1] >= a[1] and b[0] > a[0] for samples in link.values()
+               for a, b in zip(samples, samples[1:])), 'byte counters only grow'
     if comm.rank == 0:
         png = plot_timeline(path, path.replace('.json', '.png'), iteration=1)
         assert os.path.getsize(png) > 10000
+        summary = timeline_summary(path, iteration=1).splitlines()
+        assert summary[0] == 'iteration 1:' and len(summary) == 1 + comm.size
+        assert all('longest gap between progress calls' in line and 'MB/s' in line
+                   for line in summary[1:]), summary
+
+
+def test_sampling_a_missing_network_device_names_it():
+    from layerasync.trace import Trace
+    with pytest.raises(ValueError, match="no network device 'nosuchdev0'.*name one of .*lo"):
+        Trace().sample_link('nosuchdev0')
 
 
 def test_bench_rows_follow_their_definitions(comm):
