@@ -144,7 +144,9 @@ def main():
     p.add_argument('--batch', type=int, default=64)
     p.add_argument('--strategies', default='sync,layerwise,async-layerwise,delayed:1')
     p.add_argument('--buckets', default='1,25', help='DDP bucket_cap_mb values')
-    p.add_argument('--iterations', type=int, default=6, help='timed iterations per row and round')
+    p.add_argument('--iterations', type=int, default=20,
+                   help='timed iterations per row and round (each timing ends with a drain, '
+                        'whose cost a short run overstates)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--bench-flags', default='', help='more flags for our bench (e.g. '

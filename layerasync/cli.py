@@ -73,7 +73,8 @@ def _mpi(args, required=None):
 
 def _comm_settings(args):
     return dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
-                max_in_flight=args.in_flight, priority=args.scheduler == 'priority',
+                max_in_flight=args.in_flight,
+                priority={'fifo': False, 'priority': True}.get(args.scheduler, 'auto'),
                 progress=args.progress)
 
 
@@ -243,7 +244,7 @@ def _data_arguments(p):
 
 
 def _comm_arguments(p):
-    from .comm import DEFAULTS as d
+    from .comm import DEFAULTS as d, PRIORITY_ABOVE
     g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
     g.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
     g.add_argument('--fusion-bytes', type=count(0), default=d['fusion_bytes'], metavar='N',
@@ -254,9 +255,11 @@ def _comm_arguments(p):
                         f"default {d['chunk_bytes']})")
     g.add_argument('--in-flight', type=count(1), default=d['max_in_flight'], metavar='N',
                    help=f"at most N chunk reductions in flight (default {d['max_in_flight']})")
-    g.add_argument('--scheduler', choices=['fifo', 'priority'],
-                   default='priority' if d['priority'] else 'fifo',
-                   help='post order: as ready, or forward priority negotiated among the ranks')
+    g.add_argument('--scheduler', choices=['auto', 'fifo', 'priority'],
+                   default={False: 'fifo', True: 'priority'}.get(d['priority'], 'auto'),
+                   help='post order: as ready (fifo), or forward priority negotiated among the '
+                        'ranks; auto (default): priority where the gradients\' allreduce is '
+                        f'estimated at {PRIORITY_ABOVE * 1e3:g} ms or more (a probe at start-up)')
     g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default=d['progress'],
                    help='who advances in-flight reductions: calls between (and inside long) '
                         'layers, a progress thread, or the MPI library\'s own thread')

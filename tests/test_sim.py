@@ -238,7 +238,7 @@ def test_defaults_are_the_trainers(tmp_path):
     profile = profile_dict()
     settings = dict(fusion_bytes=DEFAULTS['fusion_bytes'], chunk_bytes=DEFAULTS['chunk_bytes'],
                     in_flight=DEFAULTS['max_in_flight'],
-                    scheduler='priority' if DEFAULTS['priority'] else 'fifo')
+                    scheduler={False: 'fifo', True: 'priority'}.get(DEFAULTS['priority'], 'auto'))
     assert make_plan(profile, fabric('shm'), 2, update_rate=1e9) == \
         make_plan(profile, fabric('shm'), 2, update_rate=1e9, **settings)
     top = argparse.ArgumentParser()
@@ -319,3 +319,21 @@ def test_load_profile_says_what_is_wrong(tmp_path):
     path.write_text(json.dumps({'ranks': 2, 'sizes': [1]}))
     with pytest.raises(ValueError, match='layerasync time'):
         load_profile(path)
+
+
+def test_auto_scheduler_follows_the_modelled_link():
+    """'auto' is priority exactly where the allreduce of all gradients reaches the threshold."""
+    from layerasync.comm import PRIORITY_ABOVE, choose_priority
+    profile = profile_dict()
+    seen = set()
+    for network in [fabric(name) for name in ('shm', '1gbe', '10gbe')] + [
+            fabric('1gbe').with_(beta=fabric('1gbe').beta / 8)]:   # 125 Mbit/s
+        total = sum(layer['param_bytes'] for layer in profile['layers'])
+        expected = network.allreduce_time(total, 2) >= PRIORITY_ABOVE
+        assert make_plan(profile, network, 2, update_rate=1e9, scheduler='auto').priority == expected
+        seen.add(expected)
+    assert seen == {False, True}
+    assert choose_priority('auto', PRIORITY_ABOVE) and not choose_priority('auto', 0.0)
+    assert choose_priority(True, 0.0) and not choose_priority(False, 1e9)
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        choose_priority('yes', 1.0)

@@ -22,16 +22,38 @@ one process without MPI trains.
 """
 import os
 
-__all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS']
+__all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS', 'choose_priority', 'PRIORITY_ABOVE']
 
 # Chosen by measurement (docs/results.md, "Choosing the communicator's
-# defaults"): lenet, resnet20 and alexnet-mini on 2 ranks, shared memory and an
-# emulated 1 Gbit link. Fusing layers below 64 kB saves per-message latency;
-# 1 MB chunks keep several in flight without splitting work too finely; the
-# negotiated priority order cost more in rounds than it gained on these nets;
-# a progress thread (ours or MPICH's) competes for cores that compute needs.
-DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=4, priority=False,
+# defaults" and "Hiding communication as long as computation"): lenet, resnet20
+# and alexnet-mini on 2 ranks, shared memory and emulated 1 Gbit/s and 150
+# Mbit/s links. Fusing layers below 64 kB saves per-message latency; 1 MB
+# chunks keep several in flight without splitting work too finely; a progress
+# thread (ours or MPICH's) competes for cores that compute needs. The
+# scheduler follows the link ('auto', see ``choose_priority``): the negotiated
+# priority order costs rounds, which pay only where the gradients take long on
+# the wire.
+DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=4, priority='auto',
                 progress='poll', spin=None, max_sleep=1e-3)   # spin None: backoff.default_spin()
+
+# 'auto' picks the priority scheduler when the allreduce of all gradients is
+# estimated to take at least this long (seconds). Measured (2 ranks): at 400 ms
+# (alexnet-mini, 150 Mbit/s) priority took async-layerwise from 1.20-1.25x to
+# 1.01-1.07x the bound; at 60 ms (alexnet-mini, 1 Gbit/s) neither won; at 15 ms
+# (lenet, 1 Gbit/s) and at 1-4 ms (shared memory) the rounds cost 1-8%.
+PRIORITY_ABOVE = 0.1
+
+
+def choose_priority(priority, wire_seconds):
+    """The scheduler in force: ``priority`` itself if it is True or False; for
+    'auto', whether the gradients' estimated allreduce time ``wire_seconds``
+    reaches ``PRIORITY_ABOVE``."""
+    if priority == 'auto':
+        return bool(wire_seconds >= PRIORITY_ABOVE)
+    if isinstance(priority, bool):
+        return priority
+    raise ValueError(f"priority must be True, False or 'auto', not {priority!r}")
+
 
 # Set by the process managers of MPICH/Hydra, Open MPI, Intel MPI and Slurm.
 _LAUNCHER_VARIABLES = ('PMI_SIZE', 'PMI_RANK', 'OMPI_COMM_WORLD_SIZE', 'PMIX_RANK',

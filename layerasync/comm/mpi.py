@@ -35,8 +35,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import DEFAULTS
+from . import DEFAULTS, choose_priority
 from . import stall
+from .job import wait_all
 from .backoff import Backoff, default_spin
 from .buckets import make_buckets
 from .control import Control
@@ -69,10 +70,14 @@ class Communicator:
         self.buffers = list(buffers)
         itemsize = self.buffers[0].itemsize if self.buffers else 4
         self.buckets, self.chunks = make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
+        self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
+        self.wire_estimate = None   # seconds, when 'auto' measured it
+        if priority == 'auto':
+            self.wire_estimate = self._estimate_wire_time(itemsize)
+        priority = choose_priority(priority, self.wire_estimate)
         self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
         self._settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
                               max_in_flight=max_in_flight, priority=priority, progress=progress)
-        self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
         self.trace = trace
         self.requests, self.keys, self.posted_at = [], [], {}
         self.round_req = self.round_send = self.round_recv = None
@@ -92,12 +97,30 @@ class Communicator:
                                                name='layerasync-progress')
                 self.thread.start()
 
+    def _estimate_wire_time(self, itemsize, probe_bytes=1 << 20, repeats=3):
+        """Collective: the seconds an allreduce of all the gradients would take,
+        extrapolated by size from allreduces of (at most) ``probe_bytes`` after a
+        warm-up (the median of ``repeats``); the mean over ranks, so every rank
+        decides alike."""
+        total = sum(c.stop - c.start for c in self.chunks)
+        scratch = np.zeros(max(1, min(total, probe_bytes // itemsize)), np.float32)
+        times = []
+        for k in range(repeats + 1):
+            start = time.perf_counter()
+            wait_all([self.data_comm.Iallreduce(MPI.IN_PLACE, scratch, op=MPI.SUM)],
+                     'the probe of the link')
+            if k:
+                times.append(time.perf_counter() - start)
+        per_item = sorted(times)[len(times) // 2] / scratch.size
+        return self.control.allreduce_mean(per_item * total)
+
     @property
     def settings(self):
         """The settings in force that every rank must share, as keyword arguments
         of the constructor (a new dict): what was asked for, except ``progress``,
         which records the fallback from ``thread`` to ``poll`` without
-        MPI_THREAD_MULTIPLE. The back-off (``self.backoff``) is each rank's own
+        MPI_THREAD_MULTIPLE, and ``priority``, which is the scheduler 'auto'
+        chose (True or False; ``wire_estimate`` holds what it measured). The back-off (``self.backoff``) is each rank's own
         and may differ between nodes."""
         return dict(self._settings)
 

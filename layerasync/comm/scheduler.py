@@ -51,7 +51,6 @@ class Scheduler:
         self.in_flight = 0                       # posted here, not completed here
         self.queue = deque()                     # fifo: (chunk, generation) in ready order
         self._order = sorted(range(n), key=lambda c: chunks[c].priority)
-        self.agreed_in_flight = 0                # from the last round
         self.agreed_pending = False
 
     def mark_ready(self, chunk_ids):
@@ -92,16 +91,18 @@ class Scheduler:
             candidates.sort()
             posts = [(c, gen) for gen, _, c in candidates[:free]]
         self._posted(posts)
-        self.agreed_in_flight = int((self.posted_gen - done).sum())
         self.agreed_pending = bool((ready > self.posted_gen).any())
         return posts
 
     def wants_round(self):
-        """Start another round? Yes while agreed work is pending or in flight, or
-        while this rank knows of readiness no round has turned into a post yet.
-        Every rank sees the same agreed state, so they start the same rounds."""
-        return (self.agreed_in_flight > 0 or self.agreed_pending
-                or bool((self.ready_gen > self.posted_gen).any()))
+        """Start another round? Yes while agreed work waits to be posted (the
+        rounds then also report completions, which free slots), or while this
+        rank knows of readiness no round has turned into a post yet. Every rank
+        sees the same agreed state and, running the same backward, comes to
+        know the same readiness, so they start the same rounds. Chunks merely
+        in flight need none: their completion is local (``is_done``), and the
+        next round carries it to every rank."""
+        return self.agreed_pending or bool((self.ready_gen > self.posted_gen).any())
 
     # -- shared ---------------------------------------------------------------
     def _posted(self, posts):

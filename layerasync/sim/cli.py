@@ -101,8 +101,9 @@ def add_commands(subparsers):
                         'default %(default)s)')
     g.add_argument('--in-flight', type=int, default=DEFAULTS['max_in_flight'], metavar='N',
                    help='at most N chunk reductions in flight (default %(default)s)')
-    g.add_argument('--scheduler', choices=['fifo', 'priority'], default=DEFAULT_SCHEDULER,
-                   help='post order: as ready, or forward priority (default %(default)s)')
+    g.add_argument('--scheduler', choices=['auto', 'fifo', 'priority'], default=DEFAULT_SCHEDULER,
+                   help='post order: as ready, or forward priority; auto: as layerasync train '
+                        'chooses, from the modelled link (default %(default)s)')
     g = p.add_argument_group('output')
     g.add_argument('--csv', metavar='FILE', help='write the table as CSV')
     g.add_argument('--plot', metavar='FILE.png', help='plot speed-up and efficiency against P')

@@ -142,3 +142,25 @@ def test_control_calls(comm):
         assert control.allgather_text(f'r{comm.rank}') == [f'r{r}' for r in range(comm.size)]
     finally:
         c.close()
+
+
+@pytest.mark.parametrize('threshold, expected', [(0.0, True), (float('inf'), False)])
+def test_auto_scheduler_is_chosen_alike_on_every_rank(comm, monkeypatch, threshold, expected):
+    """'auto' measures the link at construction and every rank gets the same scheduler,
+    reported as a bool in ``settings``; the reductions stay right."""
+    import layerasync.comm as comm_package
+    monkeypatch.setattr(comm_package, 'PRIORITY_ABOVE', threshold)
+    segs, total = segments()
+    grad = np.empty(total, np.float32)
+    c = Communicator(comm, [grad], segs, chunk_bytes=512, priority='auto')
+    try:
+        assert c.settings['priority'] is expected and c.scheduler.priority is expected
+        assert c.wire_estimate > 0
+        assert comm.allgather(c.wire_estimate) == [c.wire_estimate] * comm.size
+        grad[:] = comm.rank + 1
+        for b in range(len(c.buckets)):
+            c.post(b)
+        c.wait_all()
+        np.testing.assert_array_equal(grad, sum(r + 1 for r in range(comm.size)))
+    finally:
+        c.close()
