@@ -84,8 +84,14 @@ def ddp_worker(args):
     if rank == 0:
         with open(args.ddp_worker, 'w') as f:
             json.dump(times, f)
-    dist.destroy_process_group()
+    dist.barrier()
     solver.close()
+    # Not destroy_process_group and the interpreter's exit: with gloo, a thread
+    # still joinable at exit aborts the process now and then ('terminate called
+    # without an active exception'), which failed a whole comparison.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the orchestration ----------------------------------------------------------

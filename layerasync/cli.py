@@ -244,7 +244,7 @@ def _data_arguments(p):
 
 
 def _comm_arguments(p):
-    from .comm import DEFAULTS as d, PRIORITY_ABOVE
+    from .comm import DEFAULTS as d, IN_FLIGHT, PRIORITY_ABOVE
     g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
     g.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
     g.add_argument('--fusion-bytes', type=count(0), default=d['fusion_bytes'], metavar='N',
@@ -254,7 +254,8 @@ def _comm_arguments(p):
                    help=f"cut buckets into chunks of at most N bytes (0: no cutting; "
                         f"default {d['chunk_bytes']})")
     g.add_argument('--in-flight', type=count(1), default=d['max_in_flight'], metavar='N',
-                   help=f"at most N chunk reductions in flight (default {d['max_in_flight']})")
+                   help='at most N chunk reductions in flight (default: '
+                        f"{IN_FLIGHT[False]} under fifo, {IN_FLIGHT[True]} under priority)")
     g.add_argument('--scheduler', choices=['auto', 'fifo', 'priority'],
                    default={False: 'fifo', True: 'priority'}.get(d['priority'], 'auto'),
                    help='post order: as ready (fifo), or forward priority negotiated among the '

@@ -35,7 +35,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import DEFAULTS, choose_priority
+from . import DEFAULTS, choose_priority, in_flight_for
 from . import stall
 from .job import wait_all
 from .backoff import Backoff, default_spin
@@ -75,6 +75,7 @@ class Communicator:
         if priority == 'auto':
             self.wire_estimate = self._estimate_wire_time(itemsize)
         priority = choose_priority(priority, self.wire_estimate)
+        max_in_flight = in_flight_for(max_in_flight, priority)
         self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
         self._settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
                               max_in_flight=max_in_flight, priority=priority, progress=progress)
@@ -120,7 +121,8 @@ class Communicator:
         of the constructor (a new dict): what was asked for, except ``progress``,
         which records the fallback from ``thread`` to ``poll`` without
         MPI_THREAD_MULTIPLE, and ``priority``, which is the scheduler 'auto'
-        chose (True or False; ``wire_estimate`` holds what it measured). The back-off (``self.backoff``) is each rank's own
+        chose (True or False; ``wire_estimate`` holds what it measured), and
+        ``max_in_flight``, the scheduler's default when None was given. The back-off (``self.backoff``) is each rank's own
         and may differ between nodes."""
         return dict(self._settings)
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..blob import backward_layout
-from ..comm import DEFAULTS, choose_priority
+from ..comm import DEFAULTS, choose_priority, in_flight_for
 from ..comm.buckets import make_buckets
 from ..strategies import DEFAULT_STRATEGIES
 from .model import ALGORITHMS, FABRICS, Network, fabric
@@ -106,7 +106,8 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                 backward_s=[scale * 1e-3 * layer['backward_ms'] for layer in layers],
                 update_s=[scale * layer['param_bytes'] / update_rate for layer in layers],
                 buckets=buckets, chunks=chunks, chunk_busy_s=[busy for _, busy in parts],
-                chunk_latency_s=[latency for latency, _ in parts], in_flight=in_flight,
+                chunk_latency_s=[latency for latency, _ in parts],
+                in_flight=in_flight_for(in_flight, priority),
                 priority=priority, round_s=round_s, hook_s=hook_overhead if ranks > 1 else 0.0)
 
 

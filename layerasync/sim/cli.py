@@ -100,7 +100,8 @@ def add_commands(subparsers):
                    help='cut buckets into chunks of at most N bytes (0: no cutting; '
                         'default %(default)s)')
     g.add_argument('--in-flight', type=int, default=DEFAULTS['max_in_flight'], metavar='N',
-                   help='at most N chunk reductions in flight (default %(default)s)')
+                   help='at most N chunk reductions in flight (default: as layerasync train, '
+                        'by scheduler)')
     g.add_argument('--scheduler', choices=['auto', 'fifo', 'priority'], default=DEFAULT_SCHEDULER,
                    help='post order: as ready, or forward priority; auto: as layerasync train '
                         'chooses, from the modelled link (default %(default)s)')

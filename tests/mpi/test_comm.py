@@ -152,9 +152,10 @@ def test_auto_scheduler_is_chosen_alike_on_every_rank(comm, monkeypatch, thresho
     monkeypatch.setattr(comm_package, 'PRIORITY_ABOVE', threshold)
     segs, total = segments()
     grad = np.empty(total, np.float32)
-    c = Communicator(comm, [grad], segs, chunk_bytes=512, priority='auto')
+    c = Communicator(comm, [grad], segs, chunk_bytes=512, priority='auto', max_in_flight=None)
     try:
         assert c.settings['priority'] is expected and c.scheduler.priority is expected
+        assert c.settings['max_in_flight'] == c.scheduler.max_in_flight == (2 if expected else 4)
         assert c.wire_estimate > 0
         assert comm.allgather(c.wire_estimate) == [c.wire_estimate] * comm.size
         grad[:] = comm.rank + 1
