@@ -82,7 +82,8 @@ def timeline_summary(trace_path, iteration=None):
                            + [t for w in waits for t in w])
             gap = max((y - x for x, y in zip(marks, marks[1:])
                        if not any(w0 <= x and y <= w1 for w0, w1 in waits)), default=0.0)
-            text += f'; {phase} {(b - a) * 1e3:.1f} ms, longest gap between progress calls {gap * 1e3:.1f} ms'
+            text += (f'; {phase} {(b - a) * 1e3:.1f} ms, longest gap between progress calls '
+                     f'{gap * 1e3:.1f} ms')
         if rank in link:
             inside = [s for s in link[rank] if t0 <= s[0] <= t1]
             if len(inside) > 1:

@@ -96,9 +96,9 @@ class _LinkSampler:
             self._fds = [os.open(os.path.join(folder, f), os.O_RDONLY)
                          for f in ('tx_bytes', 'rx_bytes')]
         except OSError as e:
+            known = ', '.join(sorted(os.listdir('/sys/class/net')))
             raise ValueError(f"no network device '{device}' to sample here ({e.strerror}: "
-                             f'{folder}); name one of {", ".join(sorted(os.listdir("/sys/class/net")))}'
-                             ) from None
+                             f'{folder}); name one of {known}') from None
         self.device, self.interval, self.samples = device, interval, []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name='layerasync-link')

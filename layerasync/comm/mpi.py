@@ -120,10 +120,11 @@ class Communicator:
         """The settings in force that every rank must share, as keyword arguments
         of the constructor (a new dict): what was asked for, except ``progress``,
         which records the fallback from ``thread`` to ``poll`` without
-        MPI_THREAD_MULTIPLE, and ``priority``, which is the scheduler 'auto'
+        MPI_THREAD_MULTIPLE, ``priority``, which is the scheduler 'auto'
         chose (True or False; ``wire_estimate`` holds what it measured), and
-        ``max_in_flight``, the scheduler's default when None was given. The back-off (``self.backoff``) is each rank's own
-        and may differ between nodes."""
+        ``max_in_flight``, the scheduler's default when None was given. The
+        back-off (``self.backoff``) is each rank's own and may differ between
+        nodes."""
         return dict(self._settings)
 
     # -- the contract ----------------------------------------------------------
