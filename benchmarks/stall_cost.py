@@ -11,7 +11,6 @@ as in training. Medians over rounds, every round printed.
 """
 import argparse
 import statistics
-import time
 
 
 def main():
@@ -23,7 +22,7 @@ def main():
     args = p.parse_args()
     from mpi4py import MPI
 
-    from layerasync.bench import make_solver
+    from layerasync.bench import _time_allreduce, make_solver
     from layerasync.comm import stall
     from layerasync.strategies import get_strategy
     world = MPI.COMM_WORLD
@@ -38,15 +37,9 @@ def main():
                 stall.install(watch)
             strategy = get_strategy('sync', solver, world)
             strategy.start()
-            for _ in range(20):
-                strategy.post_all()
-                strategy.comm.wait_all()
-            world.Barrier()
-            start = time.perf_counter()
-            for _ in range(args.iterations):
-                strategy.post_all()
-                strategy.comm.wait_all()
-            seconds = world.allreduce((time.perf_counter() - start) / args.iterations, op=MPI.MAX)
+            _time_allreduce(strategy, 20, world.Barrier)    # warm-up
+            seconds = world.allreduce(_time_allreduce(strategy, args.iterations, world.Barrier),
+                                      op=MPI.MAX)
             strategy.close()
             if r:
                 samples[mode].append(1e3 * seconds)

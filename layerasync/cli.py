@@ -72,9 +72,10 @@ def _mpi(args, required=None):
 
 
 def _comm_settings(args):
+    from .comm import SCHEDULERS
     return dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                 max_in_flight=args.in_flight,
-                priority={'fifo': False, 'priority': True}.get(args.scheduler, 'auto'),
+                priority=SCHEDULERS[args.scheduler],
                 progress=args.progress)
 
 
@@ -244,7 +245,7 @@ def _data_arguments(p):
 
 
 def _comm_arguments(p):
-    from .comm import DEFAULTS as d, IN_FLIGHT, PRIORITY_ABOVE
+    from .comm import DEFAULTS as d, IN_FLIGHT, PRIORITY_ABOVE, SCHEDULERS, scheduler_name
     g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
     g.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
     g.add_argument('--fusion-bytes', type=count(0), default=d['fusion_bytes'], metavar='N',
@@ -256,8 +257,8 @@ def _comm_arguments(p):
     g.add_argument('--in-flight', type=count(1), default=d['max_in_flight'], metavar='N',
                    help='at most N chunk reductions in flight (default: '
                         f"{IN_FLIGHT[False]} under fifo, {IN_FLIGHT[True]} under priority)")
-    g.add_argument('--scheduler', choices=['auto', 'fifo', 'priority'],
-                   default={False: 'fifo', True: 'priority'}.get(d['priority'], 'auto'),
+    g.add_argument('--scheduler', choices=list(SCHEDULERS),
+                   default=scheduler_name(d['priority']),
                    help='post order: as ready (fifo), or forward priority negotiated among the '
                         'ranks; auto (default): priority where the gradients\' allreduce is '
                         f'estimated at {PRIORITY_ABOVE * 1e3:g} ms or more (a probe at start-up)')

@@ -60,10 +60,9 @@ def _rates(samples, t0, t1, window=0.005):
 def timeline_summary(trace_path, iteration=None):
     """Lines describing one iteration of every rank: its length, the longest gaps
     between progress calls in forward and in backward, and what the link sent."""
-    from .trace import load_samples, load_spans
-    spans = load_spans(trace_path)
+    from .trace import load_trace
+    spans, link, calls = load_trace(trace_path)
     iteration = _pick_iteration(trace_path, spans, iteration)
-    link, calls = load_samples(trace_path)
     lines = [f'iteration {iteration}:']
     for rank in sorted({s['rank'] for s in spans}):
         mine = [s for s in spans if s['rank'] == rank and s['track'] == 'compute'
@@ -109,9 +108,8 @@ def _pick_iteration(trace_path, spans, iteration):
 def plot_timeline(trace_path, out, iteration=None):
     """Draw iteration ``iteration`` (default: the second to last) of every rank:
     compute, the chunks in flight, and (when sampled) the link's send rate."""
-    from .trace import load_samples, load_spans
-    spans = load_spans(trace_path)
-    link, calls = load_samples(trace_path)
+    from .trace import load_trace
+    spans, link, calls = load_trace(trace_path)
     iteration = _pick_iteration(trace_path, spans, iteration)
     compute = [s for s in spans if s['track'] == 'compute']
     mine = [s for s in compute if s['args'].get('iteration') == iteration]

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 
-__all__ = ['Trace', 'TracedHooks', 'load_spans', 'load_samples']
+__all__ = ['Trace', 'TracedHooks', 'load_trace', 'load_spans', 'load_samples']
 
 TRACKS = {'compute': 1, 'comm': 2, 'progress': 3, 'link': 4}
 
@@ -157,24 +157,39 @@ class TracedHooks:
                         layer=layer.name, type=layer.type)
 
 
+def _events(path):
+    with open(path) as f:
+        data = json.load(f)
+    return data['traceEvents'] if isinstance(data, dict) else data
+
+
+def load_trace(path):
+    """A trace written by ``Trace.write``, read once: (``load_spans``'s spans,
+    then ``load_samples``'s link samples and progress calls)."""
+    events = _events(path)
+    return (_spans(events), *_samples(events))
+
+
 def load_spans(path):
     """The spans of a trace written by ``Trace.write``: a list of dicts with
     rank, track, name, start and end (seconds) and args."""
-    with open(path) as f:
-        data = json.load(f)
-    events = data['traceEvents'] if isinstance(data, dict) else data
+    return _spans(_events(path))
+
+
+def load_samples(path):
+    """The link samples of a trace: {rank: [(seconds, tx bytes, rx bytes), ...]}, and
+    the progress calls: {rank: [seconds, ...]}."""
+    return _samples(_events(path))
+
+
+def _spans(events):
     names = {tid: track for track, tid in TRACKS.items()}
     return [{'rank': e['pid'], 'track': names.get(e['tid'], str(e['tid'])), 'name': e['name'],
              'start': e['ts'] / 1e6, 'end': (e['ts'] + e['dur']) / 1e6, 'args': e.get('args', {})}
             for e in events if e.get('ph') == 'X']
 
 
-def load_samples(path):
-    """The link samples of a trace: {rank: [(seconds, tx bytes, rx bytes), ...]}, and
-    the progress calls: {rank: [seconds, ...]}."""
-    with open(path) as f:
-        data = json.load(f)
-    events = data['traceEvents'] if isinstance(data, dict) else data
+def _samples(events):
     link, calls = {}, {}
     for e in events:
         if e.get('ph') == 'C':

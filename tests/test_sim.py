@@ -234,11 +234,12 @@ def test_plan_buckets_are_the_communicators():
 
 
 def test_defaults_are_the_trainers(tmp_path):
+    from layerasync.comm import scheduler_name
     """make_plan and the command default to layerasync.comm.DEFAULTS, not to their own."""
     profile = profile_dict()
     settings = dict(fusion_bytes=DEFAULTS['fusion_bytes'], chunk_bytes=DEFAULTS['chunk_bytes'],
                     in_flight=DEFAULTS['max_in_flight'],
-                    scheduler={False: 'fifo', True: 'priority'}.get(DEFAULTS['priority'], 'auto'))
+                    scheduler=scheduler_name(DEFAULTS['priority']))
     assert make_plan(profile, fabric('shm'), 2, update_rate=1e9) == \
         make_plan(profile, fabric('shm'), 2, update_rate=1e9, **settings)
     top = argparse.ArgumentParser()

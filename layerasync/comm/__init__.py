@@ -23,7 +23,7 @@ one process without MPI trains.
 import os
 
 __all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS', 'choose_priority', 'PRIORITY_ABOVE',
-           'in_flight_for', 'IN_FLIGHT']
+           'in_flight_for', 'IN_FLIGHT', 'SCHEDULERS', 'scheduler_name']
 
 # Chosen by measurement (docs/results.md, "Choosing the communicator's
 # defaults" and "Hiding communication as long as computation"): lenet, resnet20
@@ -58,9 +58,18 @@ def choose_priority(priority, wire_seconds):
     raise ValueError(f"priority must be True, False or 'auto', not {priority!r}")
 
 
+# The --scheduler names and the ``priority`` values they stand for.
+SCHEDULERS = {'auto': 'auto', 'fifo': False, 'priority': True}
+
+
+def scheduler_name(priority):
+    """The --scheduler name of a ``priority`` value (True, False or 'auto')."""
+    return {value: name for name, value in SCHEDULERS.items()}[priority]
+
+
 # In flight by scheduler, when not given. 150 Mbit/s, alexnet-mini, priority:
 # async-layerwise 1.08x the bound with 4 (425-440 ms), 1.03-1.05x with 2
-# (410-413 ms); 1 (one round per post) was slower than either (445-473 ms).
+# (410-413 ms); 1 (one round per post) was slower than either (453-473 ms).
 IN_FLIGHT = {False: 4, True: 2}
 
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..blob import backward_layout
-from ..comm import DEFAULTS, choose_priority, in_flight_for
+from ..comm import DEFAULTS, SCHEDULERS, choose_priority, in_flight_for, scheduler_name
 from ..comm.buckets import make_buckets
 from ..strategies import DEFAULT_STRATEGIES
 from .model import ALGORITHMS, FABRICS, Network, fabric
@@ -28,7 +28,7 @@ from .schedule import Plan, modelled_strategy, steady_iteration
 __all__ = ['load_profile', 'make_plan', 'simulate', 'Result', 'Network', 'fabric', 'FABRICS',
            'ALGORITHMS', 'DEFAULT_STRATEGIES', 'DEFAULT_SCHEDULER']
 
-DEFAULT_SCHEDULER = {False: 'fifo', True: 'priority'}.get(DEFAULTS['priority'], 'auto')  # the trainer's
+DEFAULT_SCHEDULER = scheduler_name(DEFAULTS['priority'])   # the trainer's
 ITEMSIZE = 4   # the arenas are float32
 # The priority scheduler's round vector: two int64 counters per chunk.
 ROUND_BYTES_PER_CHUNK = 16
@@ -81,8 +81,8 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     """
     if compute_speedup <= 0:
         raise ValueError(f'compute_speedup must be positive, not {compute_speedup}')
-    if scheduler not in ('auto', 'fifo', 'priority'):
-        raise ValueError(f"scheduler '{scheduler}' is not one of auto, fifo, priority")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler '{scheduler}' is not one of {', '.join(SCHEDULERS)}")
     layers = profile['layers']
     for layer in layers:
         if layer['param_bytes'] % ITEMSIZE:
@@ -94,7 +94,7 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     parts = [network.allreduce_parts((c.stop - c.start) * ITEMSIZE, ranks) for c in chunks]
     # 'auto' decides as the communicator does, on the modelled allreduce of all
     # the gradients where the trainer measures one.
-    priority = choose_priority({'fifo': False, 'priority': True}.get(scheduler, 'auto'),
+    priority = choose_priority(SCHEDULERS[scheduler],
                                network.allreduce_time(sum(c.stop - c.start for c in chunks) * ITEMSIZE,
                                                       ranks) if ranks > 1 else 0.0)
     # Rounds are tiny messages: any MPI library reduces them with its

@@ -12,7 +12,7 @@ import argparse
 import math
 
 from ..bench import write_csv
-from ..comm import DEFAULTS
+from ..comm import DEFAULTS, SCHEDULERS
 from ..units import RATE_SPELLINGS, parse_rate
 from . import (ALGORITHMS, DEFAULT_SCHEDULER, DEFAULT_STRATEGIES, FABRICS, fabric, load_profile,
                make_plan, simulate)
@@ -102,7 +102,7 @@ def add_commands(subparsers):
     g.add_argument('--in-flight', type=int, default=DEFAULTS['max_in_flight'], metavar='N',
                    help='at most N chunk reductions in flight (default: as layerasync train, '
                         'by scheduler)')
-    g.add_argument('--scheduler', choices=['auto', 'fifo', 'priority'], default=DEFAULT_SCHEDULER,
+    g.add_argument('--scheduler', choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER,
                    help='post order: as ready, or forward priority; auto: as layerasync train '
                         'chooses, from the modelled link (default %(default)s)')
     g = p.add_argument_group('output')
