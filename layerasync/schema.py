@@ -87,6 +87,14 @@ DataParameter = Schema(
     scale=opt('float', 1.0), mean_file=opt('str', ''), crop_size=opt('uint32', 0),
     mirror=opt('bool', False), prefetch=opt('uint32', 4))
 
+EmbedParameter = Schema(
+    'EmbedParameter', num_output=opt('uint32'), input_dim=opt('uint32'),
+    bias_term=opt('bool', True), weight_filler=msg(FillerParameter),
+    bias_filler=msg(FillerParameter))
+
+BiasParameter = Schema('BiasParameter', axis=opt('int32', 1), num_axes=opt('int32', 1),
+                       filler=msg(FillerParameter))
+
 DropoutParameter = Schema('DropoutParameter', dropout_ratio=opt('float', 0.5),
                           scale_train=opt('bool', True))
 
@@ -102,6 +110,16 @@ InnerProductParameter = Schema(
     axis=opt('int32', 1), transpose=opt('bool', False))
 
 InputParameter = Schema('InputParameter', shape=rep_msg(BlobShape))
+
+# Extensions to Caffe's set, for Transformers (Caffe has no such layers).
+LayerNormParameter = Schema('LayerNormParameter', eps=opt('float', 1e-5))
+
+GELUParameter = Schema('GELUParameter', approximate=enum('NONE TANH', 'NONE'))
+
+AttentionParameter = Schema(
+    'AttentionParameter', num_heads=opt('uint32'), causal=opt('bool', False),
+    dropout_ratio=opt('float', 0.0), weight_filler=msg(FillerParameter),
+    bias_filler=msg(FillerParameter))
 
 LRNParameter = Schema(
     'LRNParameter', local_size=opt('uint32', 5), alpha=opt('float', 1.0),
@@ -140,12 +158,15 @@ LayerParameter = Schema(
     phase=enum('TRAIN TEST', None), loss_weight=rep('float'), param=rep_msg(ParamSpec),
     propagate_down=rep('bool'), include=rep_msg(NetStateRule), exclude=rep_msg(NetStateRule),
     transform_param=msg(TransformationParameter), loss_param=msg(LossParameter),
-    accuracy_param=msg(AccuracyParameter), batch_norm_param=msg(BatchNormParameter),
+    accuracy_param=msg(AccuracyParameter), attention_param=msg(AttentionParameter),
+    batch_norm_param=msg(BatchNormParameter), bias_param=msg(BiasParameter),
     concat_param=msg(ConcatParameter), convolution_param=msg(ConvolutionParameter),
     data_param=msg(DataParameter), dropout_param=msg(DropoutParameter),
-    eltwise_param=msg(EltwiseParameter), flatten_param=msg(FlattenParameter),
+    eltwise_param=msg(EltwiseParameter), embed_param=msg(EmbedParameter),
+    flatten_param=msg(FlattenParameter), gelu_param=msg(GELUParameter),
     inner_product_param=msg(InnerProductParameter), input_param=msg(InputParameter),
-    lrn_param=msg(LRNParameter), pooling_param=msg(PoolingParameter),
+    layer_norm_param=msg(LayerNormParameter), lrn_param=msg(LRNParameter),
+    pooling_param=msg(PoolingParameter),
     relu_param=msg(ReLUParameter), reshape_param=msg(ReshapeParameter),
     scale_param=msg(ScaleParameter), sigmoid_param=msg(SigmoidParameter),
     slice_param=msg(SliceParameter), softmax_param=msg(SoftmaxParameter),
@@ -166,6 +187,8 @@ SolverParameter = Schema(
     base_lr=opt('float'), display=opt('int32', 0), average_loss=opt('int32', 1),
     max_iter=opt('int32'), iter_size=opt('int32', 1),
     lr_policy=opt('str', 'fixed'), gamma=opt('float'), power=opt('float'),
+    # Extensions: a linear warm-up before any policy, and the floor of 'cosine'.
+    warmup_iter=opt('int32', 0), min_lr=opt('float', 0.0),
     momentum=opt('float', 0.0), weight_decay=opt('float', 0.0),
     regularization_type=opt('str', 'L2'), stepsize=opt('int32'), stepvalue=rep('int32'),
     clip_gradients=opt('float', -1.0),

@@ -1,4 +1,11 @@
-"""Caffe's solvers (SGD, Nesterov, Adam), learning-rate policies, snapshots.
+"""Caffe's solvers (SGD, Nesterov, Adam) and AdamW, learning-rate policies, snapshots.
+
+Extensions to Caffe's set, for Transformers: the ``AdamW`` solver (Adam with
+decoupled weight decay, Loshchilov and Hutter; PyTorch's ``torch.optim.AdamW``
+to rounding), the ``cosine`` learning-rate policy (from ``base_lr`` down to
+``min_lr`` at ``max_iter``) and ``warmup_iter``: a linear warm-up from
+``base_lr / warmup_iter`` that multiplies any policy for its first
+``warmup_iter`` iterations (for ``cosine``, the decay starts after it).
 
 The update is a template method, as in Caffe's ``SGDSolver::ApplyUpdate``:
 ``begin_update`` fixes the learning rate and the clipping scale for the
@@ -32,7 +39,7 @@ from .net import TEST, TRAIN, Net, load_net_param
 from .snapshot import (atomic_savez, copy_checked, layer_states, load_layer_states, load_weights,
                        net_weights, per_blob, read_solverstate)
 
-__all__ = ['Solver', 'SGDSolver', 'NesterovSolver', 'AdamSolver', 'get_solver',
+__all__ = ['Solver', 'SGDSolver', 'NesterovSolver', 'AdamSolver', 'AdamWSolver', 'get_solver',
            'SolverError', 'load_solver_param', 'SOLVERS', 'ParamSlot', 'param_slots', 'score']
 
 
@@ -104,6 +111,8 @@ _FIELDS = {
     'snapshot': _NON_NEGATIVE,        # 0: no intermediate snapshots
     'average_loss': _AT_LEAST_1,
     'device_id': _NON_NEGATIVE,
+    'warmup_iter': _NON_NEGATIVE,   # 0: no warm-up
+    'min_lr': _NON_NEGATIVE,
 }
 
 
@@ -127,7 +136,16 @@ _POLICIES = {
              lambda p, it: p.base_lr * (1 - it / p.max_iter) ** p.power),
     'sigmoid': ({'gamma': _ANY, 'stepsize': _NON_NEGATIVE},
                 lambda p, it: p.base_lr / (1 + _exp(-p.gamma * (it - p.stepsize)))),
+    # An extension (SGDR's and GPT's schedule): half a cosine from base_lr to
+    # min_lr over the iterations after the warm-up, then min_lr.
+    'cosine': ({'max_iter': _AT_LEAST_1}, lambda p, it: _cosine(p, it)),
 }
+
+
+def _cosine(p, it):
+    span = max(1, p.max_iter - p.warmup_iter)
+    done = min(1.0, max(0, it - p.warmup_iter) / span)
+    return p.min_lr + 0.5 * (1 + math.cos(math.pi * done)) * (p.base_lr - p.min_lr)
 
 
 class ParamSlot(NamedTuple):
@@ -181,6 +199,7 @@ class Solver:
     """
     type = None
     history_count = 1
+    decoupled_decay = False   # weight decay applied to the weights, not added to the gradient
 
     def __init__(self, source, seed=None, data=None):
         p = self.param = load_solver_param(source)
@@ -239,6 +258,13 @@ class Solver:
         if p.regularization_type not in ('L1', 'L2'):
             raise SolverError(f"{p.where_of('regularization_type')}: regularization_type must be "
                               f"L1 or L2, not '{p.regularization_type}'")
+        if p.lr_policy == 'cosine' and p.min_lr > p.base_lr:
+            raise SolverError(f"{p.where_of('min_lr')}: min_lr {p.min_lr:g} is above base_lr "
+                              f"{p.base_lr:g}; lr_policy 'cosine' decays from base_lr to min_lr")
+        if self.decoupled_decay and p.regularization_type != 'L2':
+            raise SolverError(f"{p.where_of('regularization_type')}: {self.type} decays the "
+                              'weights directly (decoupled weight decay); regularization_type '
+                              f"'{p.regularization_type}' has no meaning there: remove it")
         if len(p.test_iter) != len(self._test_net_params()):
             raise SolverError(f"{p.where_of('test_iter')}: {len(p.test_iter)} test_iter values "
                               f'for {len(self._test_net_params())} test nets')
@@ -262,8 +288,12 @@ class Solver:
 
     # -- the update -----------------------------------------------------------
     def learning_rate(self, iteration=None):
+        p = self.param
         it = self.iter if iteration is None else iteration
-        return _POLICIES[self.param.lr_policy][1](self.param, it)
+        rate = _POLICIES[p.lr_policy][1](p, it)
+        if it < p.warmup_iter:
+            rate *= (it + 1) / p.warmup_iter
+        return rate
 
     @property
     def needs_all_gradients(self):
@@ -460,7 +490,26 @@ class AdamSolver(Solver):
                       p.delta, decay, scale, l1)
 
 
-SOLVERS = {'SGD': SGDSolver, 'Nesterov': NesterovSolver, 'Adam': AdamSolver}
+class AdamWSolver(Solver):
+    """Adam with decoupled weight decay (an extension to Caffe's set), as
+    ``torch.optim.AdamW``: w *= 1 - rate * decay, then the Adam step with
+    epsilon added to the bias-corrected root of the second moment. momentum is
+    beta1, momentum2 beta2, delta epsilon; ``weight_decay`` times
+    ``decay_mult`` is the decay (give biases and norms ``decay_mult: 0`` to
+    exempt them, as GPT training does)."""
+    type = 'AdamW'
+    history_count = 2
+    decoupled_decay = True
+
+    def _apply(self, w, g, history, rate, decay, scale, l1):
+        p = self.param
+        t = self.update_iter + 1
+        K.adamw_update(w, g, history[0], history[1], rate, p.momentum, p.momentum2, p.delta,
+                       1 - p.momentum ** t, math.sqrt(1 - p.momentum2 ** t), decay, scale)
+
+
+SOLVERS = {'SGD': SGDSolver, 'Nesterov': NesterovSolver, 'Adam': AdamSolver,
+           'AdamW': AdamWSolver}
 _LEGACY_TYPES = {'SGD': 'SGD', 'NESTEROV': 'Nesterov', 'ADAM': 'Adam'}
 
 

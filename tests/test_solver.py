@@ -61,6 +61,33 @@ def test_learning_rate_policies(policy, extra, expected):
         assert s.learning_rate(it) == pytest.approx(expected(it), rel=1e-12)
 
 
+def test_cosine_policy_and_warmup():
+    s = make('lr_policy: "cosine" max_iter: 20 warmup_iter: 4 min_lr: 0.01')
+    rates = [s.learning_rate(it) for it in range(25)]
+    assert rates[:4] == pytest.approx([0.1 * k / 4 for k in range(1, 5)], rel=1e-12)
+    for it in range(4, 25):
+        done = min(1.0, (it - 4) / 16)
+        assert rates[it] == pytest.approx(0.01 + 0.045 * (1 + math.cos(math.pi * done)), rel=1e-12)
+    assert rates[12] == pytest.approx(0.055) and rates[20] == rates[24] == pytest.approx(0.01)
+    # The warm-up multiplies any policy.
+    s = make('lr_policy: "step" gamma: 0.5 stepsize: 2 warmup_iter: 3')
+    assert [s.learning_rate(it) for it in range(4)] == pytest.approx(
+        [0.1 / 3, 0.2 / 3, 0.05, 0.05])
+
+
+@pytest.mark.parametrize('extra, field, message', [
+    ('lr_policy: "cosine"', 'lr_policy', "'cosine' needs 'max_iter'"),
+    ('lr_policy: "cosine" max_iter: 5 min_lr: 0.5', 'min_lr', 'above base_lr'),
+    ('warmup_iter: -1', 'warmup_iter', 'must be >= 0'),
+    ('type: "AdamW" regularization_type: "L1" weight_decay: 0.1', 'regularization_type',
+     'decoupled weight decay'),
+])
+def test_cosine_warmup_and_adamw_errors_name_the_field(extra, field, message):
+    with pytest.raises(SolverError, match=message) as e:
+        make(extra)
+    assert f'{field}' in str(e.value) or 'lr_policy' in str(e.value)
+
+
 def test_sgd_momentum_weight_decay_and_multipliers_by_hand():
     s = make('momentum: 0.9 weight_decay: 0.01',
              net_extra='param { lr_mult: 2 decay_mult: 0 } param { lr_mult: 0.5 decay_mult: 3 }')
@@ -118,6 +145,52 @@ def test_adam_by_hand():
         s.update()
         s.iter += 1
     np.testing.assert_allclose(s.net.arena.data, w, rtol=1e-4, atol=1e-6)
+
+
+def adamw_by_hand(s, steps, lr, beta1, beta2, eps, decay, decay_mults):
+    """AdamW as Loshchilov and Hutter's decoupled decay, in PyTorch's form."""
+    w = s.net.arena.data.astype(np.float64)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, steps + 1):
+        g = gradients(s)
+        rate = s.learning_rate()
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w *= 1 - rate * decay * decay_mults
+        w -= rate / (1 - beta1 ** t) * m / (np.sqrt(v) / math.sqrt(1 - beta2 ** t) + eps)
+        s.update()
+        s.iter += 1
+    return w
+
+
+def decay_mults_of(s):
+    mults = np.ones(s.net.arena.data.size)
+    for slot in s.slots:
+        mults[slot.view] = slot.decay_mult
+    return mults
+
+
+def test_adamw_by_hand_with_decay_multipliers_and_warmup():
+    s = make('type: "AdamW" momentum: 0.9 momentum2: 0.95 delta: 1e-8 base_lr: 0.01 '
+             'weight_decay: 0.1 warmup_iter: 2 lr_policy: "cosine" max_iter: 6',
+             net_extra='param { decay_mult: 1 } param { decay_mult: 0 }')
+    w = adamw_by_hand(s, 5, 0.01, 0.9, 0.95, 1e-8, 0.1, decay_mults_of(s))
+    np.testing.assert_allclose(s.net.arena.data, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.torch
+def test_adamw_matches_torch():
+    import torch
+    s = make('type: "AdamW" momentum: 0.9 momentum2: 0.99 delta: 1e-6 base_lr: 0.01 '
+             'weight_decay: 0.05')
+    w = torch.tensor(s.net.arena.data.astype(np.float64), requires_grad=True)
+    opt = torch.optim.AdamW([w], lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05)
+    for _ in range(4):
+        w.grad = torch.from_numpy(gradients(s))
+        opt.step()
+        s.update()
+        s.iter += 1
+    np.testing.assert_allclose(s.net.arena.data, w.detach().numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_legacy_solver_type_and_unknown_type():
@@ -206,7 +279,7 @@ def test_snapshot_of_another_net_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('extra, message', [
-    ('lr_policy: "cosine"', "unknown lr_policy 'cosine'; known: fixed, step, exp, inv, multistep, poly, sigmoid"),
+    ('lr_policy: "cosinus"', "unknown lr_policy 'cosinus'; known: fixed, step, exp, inv, multistep, poly, sigmoid, cosine"),
     ('lr_policy: "step" stepsize: 3', "lr_policy 'step' needs 'gamma' in the solver"),
     ('lr_policy: "multistep" gamma: 0.1', "lr_policy 'multistep' needs 'stepvalue'"),
     ('iter_size: 0', 'iter_size is 0; it must be >= 1'),

@@ -61,6 +61,23 @@ def adam_update(w, g, m, v, rate, beta1, beta2, eps, decay, scale, l1):
 
 
 @njit(**JIT)
+def adamw_update(w, g, m, v, rate, beta1, beta2, eps, correction1, root_correction2, decay,
+                 scale):
+    """AdamW (decoupled decay) in PyTorch's form: w *= 1 - rate decay;
+    w -= rate / c1 * m / (sqrt(v) / sqrt(c2) + eps), c_k = 1 - beta_k ** t."""
+    step = rate / correction1
+    shrink = 1.0 - rate * decay
+    for i in range(w.size):
+        gi = g[i] * scale
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        w[i] = w[i] * shrink - step * mi / (math.sqrt(vi) / root_correction2 + eps)
+        g[i] = 0.0
+
+
+@njit(**JIT)
 def sum_of_squares(x):
     total = 0.0
     for i in range(x.size):
