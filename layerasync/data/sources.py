@@ -1,4 +1,5 @@
-"""Image sources: the embedded digits, MNIST IDX files, CIFAR-10 binary batches, synthetic.
+"""Image sources: the embedded digits and MNIST subset, MNIST IDX files, CIFAR-10
+binary batches, synthetic.
 
 ``open_source(text, phase, options)`` turns a ``data_param { source }`` string
 into a ``Source``: ``count`` images of ``shape`` (C, H, W) with uint8 pixels
@@ -18,11 +19,14 @@ from .options import DataError, DataOptions
 from .sampler import keyed_bits
 
 __all__ = ['Source', 'ArraySource', 'SyntheticSource', 'open_source', 'read_idx',
-           'load_digits', 'load_mnist', 'load_cifar10', 'SOURCE_FORMS']
+           'load_digits', 'load_mnist_subset', 'load_mnist', 'load_cifar10', 'SOURCE_FORMS']
 
-SOURCE_FORMS = ('digits (the embedded UCI digits), mnist:DIR, cifar10:DIR, '
-                'synthetic:CxHxW[:CLASSES[:COUNT]]')
+SOURCE_FORMS = ('digits (the embedded UCI digits), mnist-subset (5,000 embedded MNIST digits), '
+                'mnist:DIR, cifar10:DIR, text:T[:FILE] (windows of T characters: the '
+                'embedded English text, or a UTF-8 file), synthetic:CxHxW[:CLASSES[:COUNT]], '
+                'synthetic:T[:VOCABULARY[:COUNT]]')
 DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.npz')
+MNIST_SUBSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mnist_subset.npz')
 
 MNIST_URL = 'http://yann.lecun.com/exdb/mnist/'
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar.html'
@@ -34,7 +38,12 @@ _PHASE_CODE = {'TRAIN': 0, 'TEST': 1}
 
 class Source:
     """A labelled image set: ``count`` images of ``shape`` (C, H, W), uint8
-    pixels in ``[0, max_value]``, int64 ``labels`` in ``[0, classes)``."""
+    pixels in ``[0, max_value]``, int64 ``labels`` in ``[0, classes)``.
+
+    ``dtype`` is what ``read`` writes (uint8 pixels; int32 ids for text) and
+    ``label_shape`` the shape of one sample's labels (one class: ``()``)."""
+    dtype = np.uint8
+    label_shape = ()
 
     def __init__(self, name, shape, classes, labels, max_value=255):
         self.name, self.shape, self.classes = name, tuple(shape), classes
@@ -227,6 +236,14 @@ def load_digits(phase):
     return ArraySource('digits', images, labels, classes=10, max_value=16)
 
 
+def load_mnist_subset(phase):
+    """The embedded MNIST subset (see ``layerasync.data``): 4,000 TRAIN / 1,000 TEST, 1x28x28."""
+    part = 'train' if phase == 'TRAIN' else 'test'
+    with np.load(MNIST_SUBSET_PATH) as f:
+        images, labels = f[f'{part}_images'], f[f'{part}_labels']
+    return ArraySource('mnist-subset', images, labels, classes=10)
+
+
 # ------------------------------------------------------------------ source strings
 
 @dataclass(frozen=True)
@@ -242,6 +259,8 @@ class _RealSet:
 
 REAL_SETS = {
     'digits': _RealSet(load_digits, (1, 8, 8), 10, {'TRAIN': 1437, 'TEST': 360}, 16, True),
+    'mnist-subset': _RealSet(load_mnist_subset, (1, 28, 28), 10, {'TRAIN': 4000, 'TEST': 1000},
+                             embedded=True),
     'mnist': _RealSet(load_mnist, (1, 28, 28), 10, {'TRAIN': 60000, 'TEST': 10000}),
     'cifar10': _RealSet(load_cifar10, (3, 32, 32), 10, {'TRAIN': 50000, 'TEST': 10000}),
 }
@@ -259,22 +278,26 @@ def _synthetic(text, arg, phase, seed):
         count = int(parts[2]) if len(parts) > 2 else 1024
     except ValueError:
         shape = ()
-    if len(shape) != 3 or len(parts) > 3 or min(shape + (classes, count)) <= 0:
-        raise DataError(f"source '{text}': write synthetic:CxHxW[:CLASSES[:COUNT]] with "
-                        'positive integers, e.g. synthetic:3x32x32:10:1024 (default 10 classes, '
+    if len(shape) not in (1, 3) or len(parts) > 3 or min(shape + (classes, count)) <= 0:
+        raise DataError(f"source '{text}': write synthetic:CxHxW[:CLASSES[:COUNT]] (images) or "
+                        'synthetic:T[:VOCABULARY[:COUNT]] (windows of T ids) with positive '
+                        'integers, e.g. synthetic:3x32x32:10:1024 (default 10 classes, '
                         '1024 samples)')
     for what, value, most in (('a dimension', max(shape), _MAX_COUNT),
                               ('CLASSES', classes, _MAX_CLASSES), ('COUNT', count, _MAX_COUNT)):
         if value > most:
             raise DataError(f"source '{text}': {what} is {value:,}, more than the {most:,} "
                             'allowed (sizes are 32-bit, labels exact in float32)')
+    if len(shape) == 1:
+        from .text import SyntheticTokens
+        return SyntheticTokens(shape[0], classes, count, seed, phase, name=text)
     return SyntheticSource(shape, classes, count, seed, phase, name=text)
 
 
 def open_source(text, phase='TRAIN', options=None):
     """The ``Source`` named by a ``data_param { source }`` string, for ``phase``.
 
-    Forms: ``digits``; ``mnist:DIR``; ``cifar10:DIR`` (DIR relative to
+    Forms: ``digits``; ``mnist-subset``; ``mnist:DIR``; ``cifar10:DIR`` (DIR relative to
     ``options.root``); ``synthetic:CxHxW[:CLASSES[:COUNT]]`` (default 10
     classes, 1024 samples). With ``options.synthetic`` a real set is replaced
     by synthetic samples of its shape, class count and size.
@@ -286,6 +309,9 @@ def open_source(text, phase='TRAIN', options=None):
     scheme, colon, arg = text.partition(':')
     if scheme == 'synthetic':
         return _synthetic(text, arg, phase, options.seed)
+    if scheme == 'text':
+        from .text import open_text
+        return open_text(text, phase, options)
     real = REAL_SETS.get(scheme)
     if real is None:
         raise DataError(f"unknown data source '{text}'; known sources: {SOURCE_FORMS}")

@@ -71,7 +71,9 @@ class Data(Layer):
 
     ``data_param { source: "..." batch_size: B }`` (B per rank; sources in
     ``layerasync.data``) and ``transform_param { ... }``. Tops: ``data``
-    (B, C, H', W') and optionally ``label`` (B,), both in the net's dtype.
+    (B, C, H', W') and optionally ``label`` (B,), both in the net's dtype; for
+    a text source (``text:T``) ``data`` holds (B, T) character ids and
+    ``label`` (B, T) the ids one character later.
     The rank, seed and other run settings come from ``self.data_options``
     (a ``DataOptions``; None: defaults). Batch t is a pure function of
     (seed, rank, t), so ``state_dict()`` — the batch counter — is all a
@@ -100,7 +102,7 @@ class Data(Layer):
         self.hold(held_by(self.dataset.source))
         top[0].reshape(self.dataset.shape)
         if len(top) > 1:
-            top[1].reshape((p.batch_size,))
+            top[1].reshape(self.dataset.label_shape)
 
     def _reserve_buffers(self):
         """Reserve what the Dataset allocates before it does (its thread fills
@@ -116,7 +118,8 @@ class Data(Layer):
                             dataclasses.replace(options, synthetic=True))
         item, batch = self.dtype.itemsize, self.param.batch_size
         if options.prefetch:
-            nbytes = 2 * batch * (math.prod(probe.shape) * (1 + item) + item)
+            sample = math.prod(probe.shape) * (np.dtype(probe.dtype).itemsize + item)
+            nbytes = 2 * batch * (sample + math.prod(probe.label_shape) * item)
             self.reserve(f'two prefetched batches of {batch}', nbytes)
         if self.phase == 'TRAIN':
             self.reserve(f'the sample orders of two epochs of {probe.count:,} samples',
