@@ -6,7 +6,9 @@ solver parses, points at its net and (for the small nets) trains a step.
 
 Nets fed by Data layers run on synthetic data (no data files needed) and nets fed
 by Input layers (the ImageNet ones) on random images, all at a small batch.
+The generated prototxt files equal what their scripts write now.
 """
+import importlib.util
 import math
 import os
 
@@ -16,9 +18,13 @@ import pytest
 import layerasync
 from layerasync import TEST, TRAIN, models, proto, schema
 
-ZOO = ['alexnet', 'alexnet-mini', 'digits', 'googlenet', 'lenet', 'resnet20']
+ZOO = ['alexnet', 'alexnet-mini', 'digits', 'googlenet', 'lenet', 'resnet20', 'resnet50']
 INPUT_BATCH = 2     # batch for the Input-fed nets (alexnet, googlenet)
 DATA_BATCH = 8      # batch for the Data-fed nets (the prototxt's batch_size is overridden)
+DATA_BATCH_OF = {'resnet50': 2}     # ImageNet-sized Data-fed nets, at the Input nets' batch
+# Zoo files written by a script (scripts/make_<name>.py, ``<name>(batch)``), at its default batch.
+GENERATED = {'googlenet': 16, 'resnet50': 32}
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'scripts')
 
 # Parameter counts, summed by hand from the layer shapes (weights + biases).
 LEARNED = {
@@ -41,10 +47,19 @@ LEARNED = {
     # trunk 6,998,552 (see GOOGLENET_TRUNK) + loss1 head on 4a (512 channels):
     # conv 512*128+128, fc 1024*(128*4*4)+1024, classifier 1000*1024+1000; loss2 on 4d (528).
     'googlenet': 6_998_552 + (65_664 + 2_098_176 + 1_025_000) + (67_712 + 2_098_176 + 1_025_000),
+    # ResNet-50's 25,557,032 (see RESNET50_CONVS) + conv1's 64 biases, kept from the Caffe file.
+    'resnet50': 25_557_032 + 64,
 }
 # BatchNorm statistics: 2 * channels + 1 per layer; resnet20 has 21 BatchNorm
-# layers over 16 + 6*16 + 7*32 + 7*64 = 784 channels.
-STATISTICS = {'resnet20': 2 * 784 + 21}
+# layers over 16 + 6*16 + 7*32 + 7*64 = 784 channels; resnet50 53 (conv1, 3 per block
+# and one per projection) over 64 + 1,408 + 3,584 + 10,240 + 11,264 = 26,560 channels.
+STATISTICS = {'resnet20': 2 * 784 + 21, 'resnet50': 2 * 26_560 + 53}
+# ResNet-50's convolution weights: conv1 64*3*7*7, then per stage (width w, input c)
+# the first block c*w + 9*w*w + w*4w + projection c*4w and each other block
+# 4w*w + 9*w*w + w*4w; the rest is fc1000 2048*1000+1000 and the Scales' 2 * 26,560.
+RESNET50_CONVS = 9_408 + sum(
+    c * w + 9 * w * w + 4 * w * w + 4 * c * w + (blocks - 1) * (4 * w * w + 9 * w * w + 4 * w * w)
+    for c, w, blocks in ((64, 64, 3), (256, 128, 4), (512, 256, 6), (1024, 512, 3)))
 # GoogLeNet without the auxiliary heads (the deploy net): stem 9,408+64 + 4,096+64 +
 # 110,592+192, inception 3a..5b, loss3/classifier 1024*1000+1000.
 GOOGLENET_TRUNK = 6_998_552
@@ -65,6 +80,12 @@ SHAPES = {
                   'loss2/ave_pool': (2, 528, 4, 4), 'inception_4e/output': (2, 832, 14, 14),
                   'pool4/3x3_s2': (2, 832, 7, 7), 'inception_5b/output': (2, 1024, 7, 7),
                   'pool5/7x7_s1': (2, 1024, 1, 1), 'loss3/classifier': (2, 1000)},
+    'resnet50': {'data': (2, 3, 224, 224), 'conv1': (2, 64, 112, 112), 'pool1': (2, 64, 56, 56),
+                 'res2a_branch2a': (2, 64, 56, 56), 'res2c': (2, 256, 56, 56),
+                 'res3a_branch1': (2, 512, 28, 28), 'res3a_branch2a': (2, 128, 28, 28),
+                 'res3d': (2, 512, 28, 28), 'res4a_branch2a': (2, 256, 14, 14),
+                 'res4f': (2, 1024, 14, 14), 'res5a_branch2b': (2, 512, 7, 7),
+                 'res5c': (2, 2048, 7, 7), 'pool5': (2, 2048, 1, 1), 'fc1000': (2, 1000)},
 }
 
 # Test set sizes of the data sources, for "test_iter x batch covers the test set once".
@@ -80,10 +101,10 @@ def _param(name):
     return proto.parse_file(models.path(name), schema.NetParameter)
 
 
-def _small_batch(param):
+def _small_batch(param, batch=DATA_BATCH):
     for layer in param.layer:
         if layer.type == 'Data':
-            layer.data_param.batch_size = DATA_BATCH
+            layer.data_param.batch_size = batch
     return param
 
 
@@ -93,7 +114,8 @@ def _uses_data_layers(name):
 
 def _build(name, phase):
     if _uses_data_layers(name):
-        return layerasync.Net(_small_batch(_param(name)), phase, data=_synthetic())
+        return layerasync.Net(_small_batch(_param(name), DATA_BATCH_OF.get(name, DATA_BATCH)),
+                              phase, data=_synthetic())
     net = layerasync.Net(models.path(name), phase)
     data, label = net.blobs['data'], net.blobs['label']
     data.reshape((INPUT_BATCH,) + data.shape[1:])
@@ -199,6 +221,33 @@ def test_googlenet_trunk_without_auxiliary_heads(train_nets):
     assert [w for w, _ in _loss_layers(net)] == [0.3, 0.3, 1.0]
 
 
+def test_resnet50_is_the_usual_count_but_for_conv1_bias(train_nets):
+    net = train_nets('resnet50')
+    conv1 = next(layer for layer in net.layers if layer.name == 'conv1')
+    assert [blob.shape for blob in conv1.blobs] == [(64, 3, 7, 7), (64,)]
+    assert _learned_count(net) - conv1.blobs[1].count == 25_557_032
+    assert RESNET50_CONVS + 2_049_000 + 2 * 26_560 == 25_557_032
+    assert sum(blob.count for layer in net.layers if layer.type == 'Convolution'
+               for blob in layer.blobs[:1]) == RESNET50_CONVS
+    bottlenecks = [layer.name for layer in net.layers if layer.type == 'Eltwise']
+    assert len(bottlenecks) == 16 and bottlenecks[-1] == 'res5c'
+    # The stride 2 sits on branch1 and the 1x1 branch2a of res3a, res4a and res5a.
+    strided = sorted(layer.name for layer in _param('resnet50').layer
+                     if layer.type == 'Convolution' and list(layer.convolution_param.stride) == [2])
+    assert strided == ['conv1'] + [f'res{s}a_branch{b}' for s in (3, 4, 5) for b in ('1', '2a')]
+
+
+@pytest.mark.parametrize('name', sorted(GENERATED))
+def test_generated_file_is_what_its_script_writes(name):
+    path = os.path.join(SCRIPTS, f'make_{name}.py')
+    spec = importlib.util.spec_from_file_location(f'make_{name}', path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with open(models.path(name)) as f:
+        assert f.read() == getattr(script, name)(GENERATED[name]), \
+            f'{name}.prototxt differs from what scripts/make_{name}.py writes: rerun it'
+
+
 @pytest.mark.parametrize('name', ZOO)
 def test_test_phase(name, train_nets):
     net = _build(name, TEST)
@@ -225,8 +274,10 @@ def test_solver(name):
     assert solver.base_lr > 0 and solver.max_iter > 0 and solver.momentum == 0.9
     for layer in _param(name).layer:
         if layer.type == 'Data' and any(rule.phase == TEST for rule in layer.include):
-            source = layer.data_param.source.split(':')[0]
-            assert solver.test_iter[0] * layer.data_param.batch_size == TEST_SET[source]
+            source = layer.data_param.source.split(':')
+            # synthetic:CxHxW:CLASSES:COUNT names its own size
+            size = int(source[3]) if source[0] == 'synthetic' else TEST_SET[source[0]]
+            assert solver.test_iter[0] * layer.data_param.batch_size == size
 
 
 def _freeze_first_weights(net_param):
@@ -238,7 +289,7 @@ def _freeze_first_weights(net_param):
     return layer.name
 
 
-@pytest.mark.parametrize('name', [n for n in ZOO if n not in ('alexnet', 'googlenet')])
+@pytest.mark.parametrize('name', [n for n in ZOO if n not in ('alexnet', 'googlenet', 'resnet50')])
 def test_solver_steps_follow_the_sgd_rule(name):
     """The solver file is complete (its lr policy's fields, ...), and each of its first
     steps is the SGD rule, blob by blob, from that step's own gradient g:
@@ -321,6 +372,8 @@ def test_every_solver_has_a_net():
                      momentum=0.9, weight_decay=0.0005, max_iter=450000)),
     ('resnet20', dict(base_lr=0.1, lr_policy='multistep', gamma=0.1, stepvalue=[32000, 48000],
                       momentum=0.9, weight_decay=0.0001, max_iter=64000)),
+    ('resnet50', dict(base_lr=0.1, lr_policy='step', gamma=0.1, stepsize=150000,
+                      momentum=0.9, weight_decay=0.0001, max_iter=600000, test_iter=[1000])),
 ])
 def test_solver_hyper_parameters(name, expected):
     solver = proto.parse_file(models.path(name, 'solver'), schema.SolverParameter)
