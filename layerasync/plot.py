@@ -83,12 +83,15 @@ def timeline_summary(trace_path, iteration=None):
                        if not any(w0 <= x and y <= w1 for w0, w1 in waits)), default=0.0)
             text += (f'; {phase} {(b - a) * 1e3:.1f} ms, longest gap between progress calls '
                      f'{gap * 1e3:.1f} ms')
-        if rank in link:
-            inside = [s for s in link[rank] if t0 <= s[0] <= t1]
-            if len(inside) > 1:
-                sent = inside[-1][1] - inside[0][1]
-                seconds = inside[-1][0] - inside[0][0]
-                text += f'; sent {sent / 1e6:.2f} MB, {sent / seconds / 1e6:.2f} MB/s on average'
+        samples = link.get(rank, [])
+        if len(samples) > 1 and samples[0][0] <= t0 and t1 <= samples[-1][0]:
+            # The counter between its samples, at the iteration's ends (an iteration
+            # may be shorter than the sampling interval).
+            import numpy as np
+            times, sent_bytes = [x[0] for x in samples], [x[1] for x in samples]
+            sent = float(np.interp(t1, times, sent_bytes) - np.interp(t0, times, sent_bytes))
+            text += (f'; sent {sent / 1e6:.2f} MB, {sent / (t1 - t0) / 1e6:.2f} MB/s '
+                     'on average')
         lines.append(text)
     return '\n'.join(lines)
 
