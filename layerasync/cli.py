@@ -3,7 +3,8 @@
     layerasync train --solver S [--weights W | --snapshot S] [--set field=value ...]
     layerasync test  --model M --weights W [--iterations N]
     layerasync time  --model M [--iterations N] [--batch B] [--json FILE]
-    layerasync demo
+    layerasync demo [--text]
+    layerasync sample --model M --weights W [--prompt TEXT] [--length N]
     layerasync bench --model M            (under mpirun: every strategy side by side)
     layerasync launch [--np N --hostfile F --fabric ib ...] -- train ...
     layerasync cluster up|status|down     (an emulated cluster on this machine)
@@ -33,7 +34,7 @@ __all__ = ['main']
 def _data_options(args, rank=0, size=1):
     from .data import DataOptions
     return DataOptions(rank=rank, world_size=size, synthetic=args.synthetic,
-                       root=args.data_root)
+                       root=args.data_root, source=args.source)
 
 
 def _apply_overrides(param, settings):
@@ -229,11 +230,55 @@ def cmd_time(args):
 
 
 def cmd_demo(args):
+    if args.text:
+        return _demo_text(args)
+    if args.iterations:
+        raise SystemExit('layerasync demo: --iterations is for --text (the digits demo trains '
+                         'its solver\'s max_iter)')
     train = parser().parse_args(['train', '--solver', 'digits'] + (['--quiet'] if args.quiet else []))
     results, wall = cmd_train(train)
     accuracy = results.get('test/accuracy')
     print(f'\nEmbedded digits: test accuracy {accuracy:.4f} after training for {wall:.1f} s '
           f'(1 process, {blas_threads()} BLAS threads)')
+
+
+def _demo_text(args):
+    """Train gpt-mini on the embedded text; its validation loss beside a bigram
+    model's, and a sample from the final weights."""
+    from .data import DataOptions, open_source
+    from .generate import bigram_loss
+    from .solver import load_solver_param
+    extra = ['--quiet'] if args.quiet else []
+    if args.iterations:
+        extra += ['--set', f'max_iter={args.iterations}']
+        if args.iterations % 250:   # the solver tests every 250: test at the end instead
+            extra += ['--set', f'test_interval={args.iterations}']
+    train = parser().parse_args(['train', '--solver', 'gpt-mini'] + extra)
+    results, wall = cmd_train(train)
+    param = _apply_overrides(load_solver_param(models.resolve('gpt-mini', 'solver')), train.set)
+    options = DataOptions(prefetch=False)
+    bigram = bigram_loss(open_source('text:128', 'TRAIN', options),
+                         open_source('text:128', 'TEST', options))
+    weights = f'{param.snapshot_prefix}_iter_{param.max_iter}.weights.npz'
+    print(f"\ngpt-mini on the embedded text: validation loss {results['test/loss']:.3f} nats "
+          f'per character (a character bigram model: {bigram:.3f}) after training for '
+          f'{wall:.1f} s (1 process, {blas_threads()} BLAS threads)')
+    sample = parser().parse_args(['sample', '--model', 'gpt-mini', '--weights', weights])
+    print(f'A sample (layerasync sample --model gpt-mini --weights {weights}):\n')
+    cmd_sample(sample)
+
+
+def cmd_sample(args):
+    from .generate import Generator, text_net
+    from .snapshot import load_weights
+    net = text_net(models.resolve(args.model, 'net'), _data_options(args))
+    if args.weights:
+        print(f'Weights from {args.weights}: {load_weights(net, args.weights)}', file=sys.stderr)
+    try:
+        text = Generator(net).sample(args.prompt, args.length, args.temperature, args.seed)
+    finally:
+        net.close()
+    print(text)
 
 
 # -- argument parsing -----------------------------------------------------------
@@ -242,6 +287,9 @@ def _data_arguments(p):
     p.add_argument('--synthetic', action='store_true',
                    help='replace every data source by synthetic samples of the same shape')
     p.add_argument('--data-root', metavar='DIR', help='resolve relative data paths from DIR')
+    p.add_argument('--source', metavar='SOURCE',
+                   help='read SOURCE in every Data layer instead of its data_param source, e.g. '
+                        '--source mnist-subset for lenet (sources: docs/training.md)')
 
 
 def _comm_arguments(p):
@@ -330,7 +378,23 @@ def parser():
     launch_cli.add_commands(sub)
     sim_cli.add_commands(sub)
 
-    p = sub.add_parser('demo', help='train the embedded digits data set and report accuracy')
+    p = sub.add_parser('sample', help='generate text from a trained character-level net')
+    p.add_argument('--model', required=True, help='net prototxt, or a zoo model name (gpt-mini)')
+    p.add_argument('--weights', help='weights file (.weights.npz)')
+    p.add_argument('--prompt', default='\n', help='the text to continue (default: a new line)')
+    p.add_argument('--length', type=count(1), default=400, help='characters to generate')
+    p.add_argument('--temperature', type=float, default=0.8,
+                   help='divides the logits: below 1 safer, above 1 more varied (default 0.8)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the draws (default 0)')
+    _data_arguments(p)
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser('demo', help='train the embedded digits data set and report accuracy '
+                                    '(--text: gpt-mini on the embedded English text)')
+    p.add_argument('--text', action='store_true',
+                   help='train gpt-mini on the English text that ships with Python instead')
+    p.add_argument('--iterations', type=count(1), metavar='N',
+                   help='with --text: train N iterations (default: the solver\'s max_iter)')
     p.add_argument('--quiet', action='store_true')
     p.set_defaults(run=cmd_demo)
     return top

@@ -133,6 +133,31 @@ def test_time_prints_a_table_and_writes_the_profile(tmp_path):
     assert profile['warmup_s'] > 0
 
 
+def test_source_replaces_the_data_of_every_data_layer(tmp_path):
+    out = run('test', '--model', 'lenet', '--source', 'mnist-subset', '--iterations', '1',
+              cwd=tmp_path)
+    assert 'accuracy = ' in out.stdout
+
+
+def test_text_demo_reports_against_a_bigram_model_and_samples(tmp_path):
+    out = run('demo', '--text', '--iterations', '3', '--quiet', cwd=tmp_path)
+    report = out.stdout.split('gpt-mini on the embedded text: validation loss ')[1]
+    loss, bigram = float(report.split()[0]), float(report.split('bigram model: ')[1].split(')')[0])
+    assert 3.0 < loss < 5.0 and 2.0 < bigram < 3.0, (loss, bigram)   # log(128) = 4.85 at init
+    weights = 'snapshots/gpt-mini_iter_3.weights.npz'
+    assert (tmp_path / weights).exists() and f'--weights {weights}' in out.stdout
+    sample = run('sample', '--model', 'gpt-mini', '--weights', weights, '--prompt', 'The ',
+                 '--length', '40', '--seed', '5', cwd=tmp_path)
+    assert sample.stdout.startswith('The ') and len(sample.stdout.rstrip('\n')) >= 44
+    again = run('sample', '--model', 'gpt-mini', '--weights', weights, '--prompt', 'The ',
+                '--length', '40', '--seed', '5', cwd=tmp_path)
+    assert again.stdout == sample.stdout
+    bad = run('sample', '--model', 'gpt-mini', '--prompt', 'Caf\u4e2d', cwd=tmp_path,
+              check=False)
+    assert bad.returncode == 1 and ("error: the prompt: character '中' at position 3 is not in "
+                                    'the vocabulary') in bad.stderr
+
+
 def test_test_command_scores_saved_weights(workdir):
     run('train', '--solver', 'solver.prototxt', cwd=workdir)
     out = run('test', '--model', 'net.prototxt', '--weights', 'snap/run_iter_20.weights.npz',
@@ -145,7 +170,14 @@ def test_test_command_scores_saved_weights(workdir):
     (['train', '--solver', 'digits', '--set', 'max_iters=3'], "--set 'max_iters=3': expected FIELD=VALUE"),
     (['train', '--solver', 'digits', '--strategy', 'fastest'], "unknown strategy 'fastest'"),
     (['train', '--solver', 'digits', '--strategy', 'delayed:0'], 'delayed:K needs a delay K >= 1'),
-    (['train', '--solver', 'digits', '--set', 'lr_policy=cosine'], "unknown lr_policy 'cosine'"),
+    (['train', '--solver', 'digits', '--set', 'lr_policy=cosinus'], "unknown lr_policy 'cosinus'"),
+    (['test', '--model', 'lenet', '--source', 'bogus'],
+     "layer 'mnist' (Data): unknown data source 'bogus'; known sources: digits"),
+    (['test', '--model', 'lenet', '--source', 'bogus'], "given by --source, in place of "
+                                                        "'mnist:data/mnist'"),
+    (['sample', '--model', 'lenet', '--source', 'mnist-subset'],
+     'sampling needs a net whose first layer is a Data layer on a text source'),
+    (['demo', '--iterations', '5'], '--iterations is for --text'),
 ])
 def test_bad_input_is_reported(tmp_path, args, message):
     out = run(*args, cwd=tmp_path, check=False)

@@ -74,13 +74,13 @@ def test_ps_sync_in_one_process_trains_without_mpi(no_mpi, tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['train', '--solver', 'digits', '--set', 'lr_policy=cosine'],
+    (['train', '--solver', 'digits', '--set', 'lr_policy=cosinus'],
      "layerasync train: error: ")
 ])
 def test_errors_are_the_commands_own(no_mpi, tmp_path, args, message):
     out = layerasync_command(no_mpi, tmp_path, *args)
     assert out.returncode == 1
-    assert message in out.stderr and "unknown lr_policy 'cosine'" in out.stderr
+    assert message in out.stderr and "unknown lr_policy 'cosinus'" in out.stderr
     assert_no_import_error(out)
 
 

@@ -19,7 +19,10 @@ class DataOptions:
       shape, class count and size, to time nets without the data files;
     - ``root``: the directory relative data set and mean file paths are
       resolved against (None: the current directory);
-    - ``prefetch``: prepare the next batch in a background thread.
+    - ``prefetch``: prepare the next batch in a background thread;
+    - ``source``: a source string that replaces every Data layer's own (None:
+      each layer's), to train or score a net on other data of its shape
+      without editing its prototxt (``--source`` of the command).
     """
     rank: int = 0
     world_size: int = 1
@@ -27,6 +30,7 @@ class DataOptions:
     synthetic: bool = False
     root: str | None = None
     prefetch: bool = True
+    source: str | None = None
 
     def __post_init__(self):
         if not (isinstance(self.world_size, int) and self.world_size >= 1):

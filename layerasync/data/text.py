@@ -78,9 +78,10 @@ class Vocabulary:
         """Ids (int32) of ``text``; a character outside the vocabulary is a DataError."""
         try:
             return np.fromiter((self._ids[c] for c in text), np.int32, len(text))
-        except KeyError as e:
-            raise DataError(f'character {e.args[0]!r} is not in the vocabulary of '
-                            f'{len(self)} characters') from None
+        except KeyError:
+            at = next(k for k, c in enumerate(text) if c not in self._ids)
+            raise DataError(f'character {text[at]!r} at position {at} is not in the vocabulary '
+                            f'of {len(self)} characters') from None
 
     def decode(self, ids):
         return ''.join(self.chars[int(k)] for k in np.asarray(ids).reshape(-1))

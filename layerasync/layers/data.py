@@ -95,14 +95,21 @@ class Data(Layer):
         # backend and prefetch (a queue depth) only tune Caffe's readers: accepted, ignored.
         try:
             self._reserve_buffers()
-            self.dataset = Dataset(p.source, p.batch_size, self.phase, self._transform_param(),
+            self.dataset = Dataset(self._source(), p.batch_size, self.phase, self._transform_param(),
                                    self.data_options, self.dtype, name=self.name)
         except DataError as e:
-            raise self.error(str(e)) from None
+            given = self._source() != p.source
+            raise self.error(f"{e} (source '{self._source()}' given by --source, in place of "
+                             f"'{p.source}')" if given else str(e)) from None
         self.hold(held_by(self.dataset.source))
         top[0].reshape(self.dataset.shape)
         if len(top) > 1:
             top[1].reshape(self.dataset.label_shape)
+
+    def _source(self):
+        """The source string: the run's replacement (``DataOptions.source``), else the layer's."""
+        options = self.data_options
+        return options.source if options is not None and options.source else self.param.source
 
     def _reserve_buffers(self):
         """Reserve what the Dataset allocates before it does (its thread fills
@@ -114,7 +121,7 @@ class Data(Layer):
         options = self.data_options or DataOptions()
         if self.memory is None:
             return
-        probe = open_source(self.param.source, self.phase,
+        probe = open_source(self._source(), self.phase,
                             dataclasses.replace(options, synthetic=True))
         item, batch = self.dtype.itemsize, self.param.batch_size
         if options.prefetch:
