@@ -1,7 +1,8 @@
 """Argument types shared by the commands."""
 import argparse
 
-__all__ = ['count', 'seconds', 'layer_types']
+__all__ = ['count', 'seconds', 'layer_types', 'compute_mode', 'positive', 'add_compute_arguments',
+           'replayed_compute']
 
 
 def count(low):
@@ -39,3 +40,62 @@ def layer_types(text):
             f"unknown layer type {', '.join(map(repr, unknown)) or repr(text)}; known: "
             f"{', '.join(sorted(LAYERS))}")
     return types
+
+
+def positive(text):
+    """An argparse type: a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError(f'{value:g} is not a positive, finite number')
+    return value
+
+
+def compute_mode(text):
+    """An argparse type: ``real``, or ``replay[:PROFILE]``; returns (mode, profile or None)."""
+    mode, _, profile = text.partition(':')
+    if mode == 'real' and not profile:
+        return ('real', None)
+    if mode == 'replay':
+        return ('replay', profile or None)
+    raise argparse.ArgumentTypeError(f"{text!r}: give real, or replay[:PROFILE] (a profile "
+                                     'written by layerasync time --json)')
+
+
+def add_compute_arguments(p):
+    p.add_argument('--compute', type=compute_mode, default=('real', None),
+                   metavar='real|replay[:PROFILE]',
+                   help='replay: every layer takes the time PROFILE measured (layerasync time '
+                        '--json; without PROFILE rank 0 measures it first) instead of '
+                        'computing, while communication and updates run for real')
+    p.add_argument('--compute-speedup', type=positive, default=1.0, metavar='X',
+                   help='with --compute replay: divide the profiled times by X (a faster node)')
+
+
+def replayed_compute(args, net, comm=None, log=print):
+    """Apply ``--compute replay`` to ``net`` (nothing for ``real``); with ``comm``,
+    rank 0 measures a missing profile and every rank replays it."""
+    mode, path = args.compute
+    if mode == 'real':
+        if args.compute_speedup != 1.0:
+            raise ValueError('--compute-speedup scales replayed compute: give --compute replay')
+        return None
+    from .replay import load_profile, replay
+    from .timing import profile_net
+    if path:
+        profile = load_profile(path)
+    else:
+        profile = None
+        if comm is None or comm.Get_rank() == 0:
+            log(f'Profiling {net.name or "the net"} for the replay (5 iterations)')
+            profile = profile_net(net, 5)
+        if comm is not None:
+            profile = comm.bcast(profile)
+    replay(net, profile, args.compute_speedup)
+    total = sum(row['forward_ms'] + row['backward_ms'] for row in profile['layers'])
+    speed = f' at {args.compute_speedup:g}x speed' if args.compute_speedup != 1 else ''
+    log(f"Compute replayed from {profile.get('path', 'the measured profile')}{speed}: "
+        f'{total / args.compute_speedup:.1f} ms of forward and backward per iteration')
+    return profile

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from . import models, proto, ps, schema
-from ._args import count, layer_types, seconds
+from ._args import add_compute_arguments, count, layer_types, replayed_compute, seconds
 from .net import load_net_param, remove_layers, set_batch_size
 from .strategies import DEFAULT_STRATEGIES, parse_strategy
 
@@ -64,14 +64,15 @@ def make_solver(model, batch, rank, size, seed=1, prefetch=True, remove=()):
 
 def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES), iterations=30,
               warmup=5, rounds=3, log=print, servers=0, staleness=None, stall_timeout=None,
-              remove=(), **comm_settings):
+              remove=(), replay=None, **comm_settings):
     """Rows of measurements (dicts), identical on every rank (collective over ``world``).
 
     ``strategies``: comma-separated names, as ``--strategy`` takes them.
     ``servers``: the last ``servers`` ranks serve the ``ps-*`` rows and sit out the others.
     Every row runs under the stall watchdog, as training does (``stall_timeout``:
     its limit, None for the default), so its cost is in the times. ``remove``:
-    layer types to take out of the net (``net.remove_layers``).
+    layer types to take out of the net (``net.remove_layers``). ``replay``:
+    ``replay(net)`` applies compute replay to the net (``_args.replayed_compute``).
     """
     from .comm import job, stall
     from .comm.control import Control
@@ -90,6 +91,8 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
     watch = stall.StallWatch(world, stall_timeout)
     stall.install(watch)
     solver = make_solver(model, batch, rank, workers, remove=remove)
+    if replay is not None:
+        replay(solver.net)
     keys = ['compute', 'comm'] + names
     samples = {key: [] for key in keys}
     try:
@@ -234,6 +237,7 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
     p.add_argument('--stall-timeout', type=seconds, metavar='SECONDS',
                    help='as for train: end the job when a rank waits longer than this '
                         '(default 120 s)')
+    add_compute_arguments(p)
     comm_arguments(p)
 
     def run(args):
@@ -246,6 +250,8 @@ def add_commands(subparsers, comm_arguments, comm_settings, mpi):
                          args.warmup, args.rounds, log=print if rank == 0 else (lambda *a: None),
                          servers=args.servers, staleness=args.staleness,
                          stall_timeout=args.stall_timeout, remove=args.remove_layers,
+                         replay=lambda net: replayed_compute(
+                             args, net, world, log=print if rank == 0 else (lambda *a: None)),
                          **comm_settings(args))
         if rank == 0:
             print(format_rows(rows))

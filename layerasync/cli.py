@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import bench, models, plot, proto, ps, schema, strategies
-from ._args import count, layer_types, seconds
+from ._args import add_compute_arguments, count, layer_types, replayed_compute, seconds
 from ._threads import blas_threads
 from .signals import EFFECTS, Interrupted, SignalEffects
 from .launch import cli as launch_cli
@@ -102,6 +102,7 @@ def cmd_train(args):
         if world is not None and args.strategy in ps.NAMES:
             role = ps.role(world, args.servers)
             solver = get_solver(param, seed=args.seed, data=role.data(_data_options(args)))
+            _replay(args, solver, world)
             # One watchdog over the whole job: the servers answer a stalled worker.
             watch = _open_watch(world, args, role.describe)
             try:
@@ -117,6 +118,7 @@ def cmd_train(args):
             return results
         rank, size = (world.Get_rank(), world.Get_size()) if world is not None else (0, 1)
         solver = get_solver(param, seed=args.seed, data=_data_options(args, rank, size))
+        _replay(args, solver, world)
         ps_settings = (dict(servers=args.servers, staleness=args.staleness)
                        if args.strategy in ps.NAMES else {})
         strategy = strategies.get_strategy(args.strategy, solver, world, trace=trace,
@@ -132,6 +134,17 @@ def cmd_train(args):
         return results
     finally:
         signals.restore()
+
+
+def _replay(args, solver, world):
+    """``--compute replay``: the train net's layers wait instead of computing;
+    the test nets would compute, so the run does not test."""
+    rank = world.Get_rank() if world is not None else 0
+    quiet = args.quiet or rank != 0
+    if replayed_compute(args, solver.net, world, log=lambda m: quiet or print(m, file=sys.stderr)):
+        solver.param.test_interval = 0
+        if not quiet:
+            print('No tests: the test nets are not replayed', file=sys.stderr)
 
 
 def _train(args, strategy, trace, signals, watch=None):
@@ -352,6 +365,7 @@ def parser():
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--quiet', action='store_true', help='no log lines')
     _data_arguments(p)
+    add_compute_arguments(p)
     _comm_arguments(p)
     p.set_defaults(run=cmd_train)
 

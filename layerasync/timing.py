@@ -28,28 +28,40 @@ def profile_net(net, iterations=10):
 
     Returns a dict: net, batch, threads, warmup_s, forward_ms, backward_ms,
     total_ms (means per iteration), param_bytes and, per layer, name, type,
-    forward_ms, backward_ms, param_bytes, top shapes.
+    forward_ms, backward_ms, forward_calls and backward_calls (the progress
+    calls it makes per pass, between chunks of its work), param_bytes, top shapes.
     """
     n = len(net.layers)
     fwd, bwd = np.zeros(n), np.zeros(n)
     marks = np.zeros(n + 1)
+    # Progress calls per layer and phase: where a replay of the profile calls them too.
+    calls = np.zeros((2, n), np.int64)
+    running = [0, 0]   # (phase, layer) the net is in
 
     def mark_forward(i):
+        running[:] = 0, i
         marks[i] = time.perf_counter()
 
     def mark_backward(i):
+        running[:] = 1, i - 1   # layer i-1's backward comes next
         marks[i] = time.perf_counter()
+
+    def count_call():
+        calls[running[0], running[1]] += 1
 
     start = time.perf_counter()
     net.forward()
     net.backward()
     warmup = time.perf_counter() - start
     total_fwd = total_bwd = 0.0
+    progress = [layer.progress for layer in net.layers]
+    net.set_progress(count_call)
     for _ in range(iterations):
         t0 = time.perf_counter()
         net.forward(before_layer=mark_forward)
         marks[n] = t1 = time.perf_counter()
         fwd += np.diff(marks)
+        running[:] = 1, n - 1
         net.backward(after_layer=mark_backward)
         t2 = time.perf_counter()
         # after_layer(i) follows layer i's backward; layer n-1 starts the pass.
@@ -58,12 +70,16 @@ def profile_net(net, iterations=10):
         bwd += ends - starts
         total_fwd += t1 - t0
         total_bwd += t2 - t1
+    for layer, hook in zip(net.layers, progress):
+        layer.progress = hook
     net.clear_param_diffs()
     layers = []
     for i, layer in enumerate(net.layers):
         layers.append({
             'name': layer.name, 'type': layer.type,
             'forward_ms': 1e3 * fwd[i] / iterations, 'backward_ms': 1e3 * bwd[i] / iterations,
+            'forward_calls': int(calls[0, i]) // iterations,
+            'backward_calls': int(calls[1, i]) // iterations,
             'param_bytes': int(sum(b.data.nbytes for b in layer.blobs)),
             'tops': [list(t.shape) for t in net.top_vecs[i]]})
     return {

@@ -153,8 +153,12 @@ class TracedHooks:
 
     def _layer(self, phase, i, start, end):
         layer = self.net.layers[i]
-        self.trace.span('compute', f'{phase} {layer.name}', start, end, phase=phase,
-                        layer=layer.name, type=layer.type)
+        if getattr(layer, 'replayed', False):   # replay.Replayed: waited, not computed
+            self.trace.span('compute', f'{phase} {layer.name} (replayed)', start, end,
+                            phase=phase, layer=layer.name, type=layer.type, replayed=True)
+        else:
+            self.trace.span('compute', f'{phase} {layer.name}', start, end, phase=phase,
+                            layer=layer.name, type=layer.type)
 
 
 def _events(path):

@@ -133,6 +133,15 @@ def test_time_prints_a_table_and_writes_the_profile(tmp_path):
     assert profile['warmup_s'] > 0
 
 
+def test_replayed_training_measures_its_profile_and_does_not_test(tmp_path):
+    out = run('train', '--solver', 'digits', '--set', 'max_iter=4', '--compute', 'replay',
+              '--compute-speedup', '2', '--no-progress', cwd=tmp_path)
+    said = out.stdout + out.stderr
+    assert 'Compute replayed from the measured profile at 2x speed' in said
+    assert 'No tests: the test nets are not replayed' in said
+    assert 'Testing net' not in said and 'Trained 4 iterations' in said
+
+
 def test_source_replaces_the_data_of_every_data_layer(tmp_path):
     out = run('test', '--model', 'lenet', '--source', 'mnist-subset', '--iterations', '1',
               cwd=tmp_path)
@@ -178,6 +187,11 @@ def test_test_command_scores_saved_weights(workdir):
     (['sample', '--model', 'lenet', '--source', 'mnist-subset'],
      'sampling needs a net whose first layer is a Data layer on a text source'),
     (['demo', '--iterations', '5'], '--iterations is for --text'),
+    (['train', '--solver', 'digits', '--compute-speedup', '2'],
+     '--compute-speedup scales replayed compute: give --compute replay'),
+    (['train', '--solver', 'digits', '--compute', 'replay:nope.json'],
+     'nope.json: cannot read the profile'),
+    (['train', '--solver', 'digits', '--compute', 'fake'], "'fake': give real, or replay"),
 ])
 def test_bad_input_is_reported(tmp_path, args, message):
     out = run(*args, cwd=tmp_path, check=False)
