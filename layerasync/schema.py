@@ -79,7 +79,9 @@ ConvolutionParameter = Schema(
     pad_h=opt('uint32'), pad_w=opt('uint32'), kernel_h=opt('uint32'), kernel_w=opt('uint32'),
     stride_h=opt('uint32'), stride_w=opt('uint32'), group=opt('uint32', 1),
     weight_filler=msg(FillerParameter), bias_filler=msg(FillerParameter),
-    engine=ENGINE, axis=opt('int32', 1), force_nd_im2col=opt('bool', False))
+    engine=ENGINE, axis=opt('int32', 1), force_nd_im2col=opt('bool', False),
+    # An extension: how the convolution is computed (AUTO: by the layer's shape).
+    algorithm=enum('AUTO IM2COL WINOGRAD', 'AUTO'))
 
 DataParameter = Schema(
     'DataParameter', source=opt('str', ''), batch_size=opt('uint32', 0),

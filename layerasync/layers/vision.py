@@ -3,6 +3,8 @@ import numpy as np
 
 from .._threads import blas_threads
 from ..kernels import lrn as lrn_kernels
+from ..kernels import winograd
+from ..kernels.blas import gemm
 from ..kernels.im2col import col2im, im2col
 from ..kernels.pooling import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
 from .base import Layer, canonical_axis, register
@@ -16,6 +18,41 @@ from .base import Layer, canonical_axis, register
 # are measured by benchmarks/conv_chunks.py (docs/performance.md, "Two threads").
 COL_BUDGET = 1 << 16 if blas_threads() == 1 else 1 << 20   # values in a chunk's col buffer
 MIN_COLUMNS = 512 if blas_threads() == 1 else 4096         # output pixels per chunk, at least
+
+# Winograd (3x3, stride 1): a chunk's transformed input and output tiles,
+# a*a*tiles*(C + M) values, should stay in cache between the transforms and
+# the GEMMs; but each of the chunk's a*a GEMMs should also be long enough to
+# hide its call (C*M*tiles products at least), and a chunk reads all of the
+# transformed filters (a*a*C*M values), so it takes at least as many tiles as
+# there are output channels. Measured by benchmarks/conv_algorithms.py.
+WINOGRAD_BUDGET = 1 << 17         # values of V and Y in a chunk
+WINOGRAD_MIN_TILES = 64
+WINOGRAD_MIN_PRODUCTS = 1 << 17   # C*M*tiles in each GEMM of a chunk
+# The tile (m of F(m x m, 3 x 3)) of layers on the Winograd path; None: by winograd_tile().
+WINOGRAD_TILE = None
+
+
+def winograd_tile(channels, num_output, out_h, out_w):
+    """The AUTO rule: the tile size m of F(m x m, 3 x 3) for a 3x3, stride-1,
+    dilation-1, group-1 convolution of C = ``channels`` to M = ``num_output``
+    channels with ``out_h x out_w`` outputs per image, or 0 for im2col.
+
+    A static rule on the shape, never a timing: every rank of a job must
+    choose the same algorithm, or their floating-point results would differ;
+    and not on the batch, so that one process at P times the batch computes
+    as P ranks do. From benchmarks/conv_algorithms.py on one thread
+    (docs/performance.md, "Winograd for 3x3 convolutions"): Winograd is
+    faster than im2col from 8 channels on both sides (im2col's time x 0.36-0.97),
+    slower below (x 1.2-2.2 for 3 or 4 channels). The tile is the one with
+    fewer elementwise products, a*a per tile, F(2x2) on a tie (measured
+    faster for 5x5 and 6x6 outputs, whose tiles F(4x4) pads most).
+    """
+    return _fewer_products(out_h, out_w) if min(channels, num_output) >= 8 else 0
+
+
+def _fewer_products(out_h, out_w):
+    products = {m: (m + 2) ** 2 * -(-out_h // m) * -(-out_w // m) for m in (2, 4)}
+    return 4 if products[4] < products[2] else 2
 
 
 def _hw(layer, field, pair, default, pair_required=True):
@@ -52,6 +89,14 @@ class Convolution(Layer):
     blobs: weights ``(num_output, C/group, kernel_h, kernel_w)`` and, with
     ``bias_term``, bias ``(num_output,)``. Group g maps input channels
     ``[g*C/group, (g+1)*C/group)`` to outputs ``[g*M/group, (g+1)*M/group)``.
+
+    ``algorithm`` (an extension of Caffe's ConvolutionParameter): IM2COL
+    computes every shape as im2col + GEMM over chunks of images; WINOGRAD
+    computes a 3x3, stride-1, dilation-1, group-1 convolution with Winograd's
+    F(m x m, 3 x 3) (``kernels/winograd.py``; any other shape is an error);
+    AUTO, the default, takes Winograd where ``winograd_tile`` says it is faster,
+    and im2col elsewhere. The Winograd backward pass reads the weights'
+    transform made by the last forward, i.e. the gradient at those weights.
     """
     type = 'Convolution'
     param_field = 'convolution_param'
@@ -90,6 +135,13 @@ class Convolution(Layer):
         self.blobs = [self.make_param(weight_shape, p.weight_filler)]
         if p.bias_term:
             self.blobs.append(self.make_param((p.num_output,), p.bias_filler))
+        self.winograd_shape = (self.kernel == (3, 3) and self.stride == (1, 1)
+                               and self.dilation == (1, 1) and self.group == 1)
+        self.check(p.algorithm != 'WINOGRAD' or self.winograd_shape,
+                   f'algorithm WINOGRAD needs kernel 3x3, stride 1, dilation 1 and group 1; '
+                   f'got kernel {self.kernel}, stride {self.stride}, dilation {self.dilation} '
+                   f'and group {self.group} (use AUTO or IM2COL)')
+        self.tile = 0                                    # 0: im2col; else m of F(m x m, 3 x 3)
         self.rows = self.cols = np.empty(0, self.dtype)  # workspaces, sized in reshape
         k_g = weight_shape[1] * self.kernel[0] * self.kernel[1]
         grad_shape = (self.group, k_g, p.num_output // self.group)
@@ -118,6 +170,11 @@ class Convolution(Layer):
             t.reshape((n, num_output) + self.out_hw)
         self.K = c * self.kernel[0] * self.kernel[1]
         self.P = self.out_hw[0] * self.out_hw[1]
+        self.tile = self._choose_tile()
+        if self.tile:
+            self._winograd_reshape(bottom)
+            return
+        self._drop_winograd()
         self.chunk = max(1, min(n, max(COL_BUDGET // (self.K * self.P), -(-MIN_COLUMNS // self.P))))
         if self.cols.size != self.K * self.chunk * self.P:
             self.cols = np.empty(self.K * self.chunk * self.P, self.dtype)
@@ -152,7 +209,128 @@ class Convolution(Layer):
     def _weights(self, which):
         return getattr(self.blobs[0], which).reshape(self.group, self.param.num_output // self.group, -1)
 
+    # -- Winograd ----------------------------------------------------------------
+    def _choose_tile(self):
+        algorithm = self.param.algorithm
+        if algorithm == 'IM2COL' or not self.winograd_shape:
+            return 0
+        tile = winograd_tile(self.channels, self.param.num_output, *self.out_hw)
+        if algorithm == 'WINOGRAD' and not tile:
+            tile = _fewer_products(*self.out_hw)
+        if tile and WINOGRAD_TILE is not None:
+            tile = WINOGRAD_TILE
+        return tile
+
+    def _workspace(self, name, shape):
+        """The attribute ``name``, a workspace array of ``shape`` (reused if it has it)."""
+        array = getattr(self, name, None)
+        if array is None or array.shape != shape:
+            array = np.empty(shape, self.dtype)
+            setattr(self, name, array)
+        return array
+
+    def _winograd_reshape(self, bottom):
+        n, m, (c, M) = bottom[0].shape[0], self.tile, (self.channels, self.param.num_output)
+        a = m + 2
+        tiles_h, tiles_w = (-(-size // m) for size in self.out_hw)
+        self.tiles = tiles_h * tiles_w                      # per image
+        per_image = a * a * self.tiles * (c + M)
+        least = -(-max(WINOGRAD_MIN_TILES, M, WINOGRAD_MIN_PRODUCTS // (c * M)) // self.tiles)
+        self.chunk = max(1, min(n, max(WINOGRAD_BUDGET // per_image, least)))
+        self.cols = self.rows = np.empty(0, self.dtype)    # im2col's
+        _, g, _ = winograd.transforms(m)
+        # U = G w G^T for every (output, input) channel pair is one product
+        # with the Kronecker product of G with itself: U (a*a, M*C) = K @ w (9, M*C).
+        self.wg_kron = np.kron(g, g).astype(self.dtype)
+        self._workspace('wg_u', (a * a, M, c))
+        # The weight gradient's transform dU is summed over the chunks in wg_du;
+        # with a single chunk it is computed once, into U's memory (U is not
+        # needed any more by then: a large layer then needs no more memory).
+        single = len(bottom) == 1 and self.chunk == n
+        for name in ('wg_du', 'wg_du_part'):
+            if single:
+                setattr(self, name, None)
+            else:
+                self._workspace(name, (a * a, M, c))
+        self.wg_u_valid = False    # U holds the transform of the weights of the last forward
+        self._workspace('wg_v', (a * a * self.chunk * self.tiles * c,))
+        self._workspace('wg_y', (a * a * self.chunk * self.tiles * M,))
+        for name, shape in winograd.scratch_shapes(m, tiles_h, tiles_w, c, M).items():
+            self._workspace('wg_' + name, shape)
+        if getattr(self, 'wg_zeros', None) is None or self.wg_zeros.shape != (M,):
+            self.wg_zeros = np.zeros(M, self.dtype)        # the bias of a layer without one
+            self.wg_none = np.zeros(0, self.dtype)
+
+    def _drop_winograd(self):
+        for name in [k for k in vars(self) if k.startswith('wg_')]:
+            delattr(self, name)
+
+    def _winograd_buffers(self, m_img):
+        a2, t = (self.tile + 2) ** 2, m_img * self.tiles
+        v = self.wg_v[:a2 * t * self.channels].reshape(a2, t, self.channels)
+        y = self.wg_y[:a2 * t * self.param.num_output].reshape(a2, t, self.param.num_output)
+        return v, y
+
+    def _filter_transform(self):
+        M, c = self.param.num_output, self.channels
+        np.matmul(self.wg_kron, self.blobs[0].data.reshape(M * c, 9).T,
+                  out=self.wg_u.reshape(-1, M * c))
+        self.wg_u_valid = True
+
+    def _winograd_forward(self, bottom, top):
+        m, (pad_h, pad_w) = self.tile, self.pad
+        self._filter_transform()    # once per forward: the weights change every iteration
+        u = self.wg_u
+        bias = self.blobs[1].data if self.param.bias_term else self.wg_zeros
+        for b, t in zip(bottom, top):
+            for n0, n1 in self._chunks(b.shape[0]):
+                v, y = self._winograd_buffers(n1 - n0)
+                winograd.input_transform(b.data[n0:n1], m, pad_h, pad_w, self.wg_plane,
+                                         self.wg_lines, v)
+                np.matmul(v, u.transpose(0, 2, 1), out=y)
+                winograd.output_transform(y, m, bias, self.wg_out_plane, self.wg_out_lines,
+                                          t.data[n0:n1])
+
+    def _winograd_backward(self, top, propagate_down, bottom):
+        want_weights = self.param_propagate_down[0]
+        want_bias = self.param.bias_term and self.param_propagate_down[1]
+        m, (pad_h, pad_w) = self.tile, self.pad
+        M, c = self.param.num_output, self.channels
+        bias_diff = self.blobs[1].diff if want_bias else self.wg_none
+        if not self.wg_u_valid:     # a second backward after one forward
+            self._filter_transform()
+        u, du, first = self.wg_u, self.wg_du, True
+        for t, b, down in zip(top, bottom, propagate_down):
+            if not (want_weights or down):
+                if want_bias:
+                    bias_diff += t.diff.sum(axis=(0, 2, 3))
+                continue
+            for n0, n1 in self._chunks(b.shape[0]):
+                v, dy = self._winograd_buffers(n1 - n0)
+                winograd.output_transform_adjoint(t.diff[n0:n1], m, self.wg_out_plane,
+                                                  self.wg_out_lines, dy, bias_diff)
+                if down:                # dV[p] = dY[p] U[p], then dx
+                    np.matmul(dy, u, out=v)
+                    winograd.input_transform_adjoint(v, m, pad_h, pad_w, self.wg_plane,
+                                                     self.wg_lines, b.diff[n0:n1])
+                if want_weights:        # dU[p] = dY[p]^T V[p], summed over the chunks
+                    winograd.input_transform(b.data[n0:n1], m, pad_h, pad_w, self.wg_plane,
+                                             self.wg_lines, v)
+                    if du is None:      # the only chunk: into U's memory
+                        du, self.wg_u_valid = u, False
+                        np.matmul(dy.transpose(0, 2, 1), v, out=du)
+                    else:
+                        np.matmul(dy.transpose(0, 2, 1), v, out=du if first else self.wg_du_part)
+                        if not first:
+                            du += self.wg_du_part
+                    first = False
+        if not first:   # dw += G^T dU G, as (M*C, 9) += dU^T (M*C, a*a) @ K
+            gemm(du.reshape(-1, M * c).T, self.wg_kron, self.blobs[0].diff.reshape(M * c, 9), beta=1.0)
+
+    # -- forward and backward -------------------------------------------------------
     def forward(self, bottom, top):
+        if self.tile:
+            return self._winograd_forward(bottom, top)
         w, M, P = self._weights('data'), self.param.num_output, self.P
         bias = self.blobs[1].data[:, None] if self.param.bias_term else None
         for b, t in zip(bottom, top):
@@ -172,6 +350,8 @@ class Convolution(Layer):
                     out += bias
 
     def backward(self, top, propagate_down, bottom):
+        if self.tile:
+            return self._winograd_backward(top, propagate_down, bottom)
         want_weights = self.param_propagate_down[0]
         want_bias = self.param.bias_term and self.param_propagate_down[1]
         w, M, P = self._weights('data'), self.param.num_output, self.P
