@@ -1,0 +1,133 @@
+"""Every strategy and the parameter servers at 2 to 16 ranks: the emulated cluster, compute replayed.
+
+    make bench-scale     # = .venv/bin/python benchmarks/scale.py (as root; hours: see below)
+
+Two cores cannot compute for 16 ranks, but they carry 16 ranks' real MPI
+traffic when the computation is replayed (``--compute replay``, see
+docs/cluster.md, section 6). For each net of the matrix (``NETS``) the script
+profiles the net once, in one process alone (``layerasync time --json``),
+and then for each P of ``--ranks`` brings up an emulated cluster of P hosts
+(P + S for S servers) whose links run at the net's bandwidth and runs:
+
+- ``layerasync bench`` of the allreduce strategies on P ranks;
+- for each S of ``--servers``, ``ps-sync`` and ``ps-async`` with S servers
+  training the same P workers (P + S ranks).
+
+Scaling. Each rank replays one core's profile divided by the net's speed-up
+X, on a link of B per host. The comm / compute ratio is then that of a
+cluster whose nodes compute X times faster than one core of this machine
+and whose links are B × (X_real / X) for a node X_real times faster: with
+X = 1 and B = 150 Mbit/s, a 32-core node on 4.8 Gbit/s, or a 20-core node on
+3 Gbit/s (compute scaled linearly with cores; memory-bound layers scale
+worse, so the real ratio is somewhat lower). The emulated links are the
+bottleneck only while their sum fits what the machine's TCP stack moves on
+two cores: ``host_mb_sent`` (the busiest host's bytes, from the link
+counters) and the ``comm`` row at each P show whether it did.
+
+Rows are appended to ``--csv`` as ``layerasync bench`` writes them, with the
+net, the link and the speed-up added, and printed as they come. Cost: a
+bench at P ranks starts P Python processes on two cores (about 3 s of CPU
+each) and times ``--iterations`` iterations per row and round; the
+seconds each bench took are printed.
+"""
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from hide import run_on_cluster  # noqa: E402
+
+# net: (batch per rank, layer types removed, compute speed-up, link per host)
+NETS = {
+    'alexnet-mini': (64, 'LRN', 1.0, '150mbit'),
+    'resnet20': (64, '', 1.0, '50mbit'),
+    'gpt-mini': (32, '', 1.0, '100mbit'),
+}
+ALLREDUCE = 'sync,layerwise,async-layerwise,delayed:1'
+
+
+def profile(model, batch, remove, path):
+    program = [sys.executable, '-m', 'layerasync', 'time', '--model', model, '--batch',
+               str(batch), '--synthetic', '--iterations', '10', '--json', path]
+    if remove:
+        program += ['--remove-layers', remove]
+    done = subprocess.run(program, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f'scale: {" ".join(program)} failed:\n{done.stderr[-3000:]}')
+
+
+def bench(args, folder, model, batch, remove, speedup, profile_path, strategies, servers=0):
+    out = os.path.join(folder, 'bench.csv')
+    program = [sys.executable, '-m', 'layerasync', 'bench', '--model', model, '--batch',
+               str(batch), '--strategies', strategies, '--iterations', str(args.iterations),
+               '--warmup', str(args.warmup), '--rounds', str(args.rounds), '--csv', out,
+               '--compute', f'replay:{profile_path}', '--compute-speedup', f'{speedup:g}']
+    if remove:
+        program += ['--remove-layers', remove]
+    if servers:
+        program += ['--servers', str(servers)]
+    sent = run_on_cluster(program)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    return rows, max(sent)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--nets', default=','.join(NETS), help=f"of: {', '.join(NETS)}")
+    p.add_argument('--ranks', default='2,4,8,16', help='worker counts P')
+    p.add_argument('--servers', default='1,2,4', help="server counts S for the ps rows ('' none)")
+    p.add_argument('--iterations', type=int, default=10)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--rounds', type=int, default=2)
+    p.add_argument('--csv', default='scale.csv', help='rows are appended here')
+    args = p.parse_args()
+    from layerasync.launch import cluster
+    if cluster.load() is not None:
+        raise SystemExit('scale: an emulated cluster is up; this script brings up its own '
+                         '(layerasync cluster down first)')
+    nets = [n for n in args.nets.split(',') if n]
+    ranks = [int(r) for r in args.ranks.split(',') if r]
+    servers = [int(s) for s in args.servers.split(',') if s]
+    fresh = not os.path.exists(args.csv)
+    with open(args.csv, 'a', newline='') as table, \
+            tempfile.TemporaryDirectory(prefix='layerasync-scale-') as folder:
+        writer = None
+        for model in nets:
+            batch, remove, speedup, bandwidth = NETS[model]
+            path = os.path.join(folder, f'{model}.json')
+            profile(model, batch, remove, path)
+            runs = [(P, 0) for P in ranks] + [(P, s) for P in ranks for s in servers]
+            for P, s in runs:
+                cluster.up(P + s, bandwidth, latency_free=True)
+                try:
+                    start = time.perf_counter()
+                    rows, sent = bench(args, folder, model, batch, remove, speedup, path,
+                                       ALLREDUCE if not s else 'ps-sync,ps-async', s)
+                finally:
+                    cluster.down(warn=lambda *a: None)
+                for row in rows:
+                    if s and row['row'] not in ('ps-sync', 'ps-async'):
+                        continue   # the allreduce rows of a PS bench run on P workers alone
+                    row.update(net=model, link=bandwidth, speedup=speedup,
+                               host_mb_sent=f'{sent / 1e6:.1f}')
+                    if writer is None:
+                        writer = csv.DictWriter(table, fieldnames=list(row))
+                        if fresh:
+                            writer.writeheader()
+                    writer.writerow(row)
+                    print(f"{model:<13} P={P:<2} S={s} {row['row']:<16} "
+                          f"{float(row['ms_per_iter']):8.1f} ms  spread "
+                          f"{float(row['spread']):.1%}", flush=True)
+                table.flush()
+                print(f'  ({time.perf_counter() - start:.0f} s)', file=sys.stderr, flush=True)
+
+
+if __name__ == '__main__':
+    main()
