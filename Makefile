@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: demo test venv torch fuzz clean experiments exp-stability exp-convergence exp-bench \
-	exp-timeline bench-pytorch bench-versions bench-stall bench-hide
+	exp-timeline bench-pytorch bench-versions bench-stall bench-hide bench-replay bench-scale bench-conv
 
 venv: $(STAMP)
 
@@ -100,6 +100,11 @@ bench-pytorch: torch
 	$(PY) benchmarks/vs_pytorch.py --json $(OUT)/vs_pytorch.json $(BENCH_PYTORCH_FLAGS) \
 	  | tee $(OUT)/vs_pytorch.md
 
+# Convolution algorithms per 3x3 layer shape of resnet20 and resnet50: im2col,
+# Winograd F(2x2) and F(4x4), PyTorch; one thread (docs/performance.md).
+bench-conv: torch
+	$(PY) benchmarks/conv_algorithms.py
+
 # Two revisions side by side (default: the last commit against the working
 # checkout's HEAD): BEFORE=rev AFTER=rev VERSIONS_FLAGS='--model alexnet-mini'.
 BEFORE ?= HEAD~1
@@ -118,6 +123,16 @@ HIDE_FLAGS ?=
 bench-hide: torch
 	mkdir -p $(OUT)
 	$(PY) benchmarks/hide.py --json $(OUT)/hide.json $(HIDE_FLAGS) | tee $(OUT)/hide.md
+
+# Compute replay against real compute, every strategy, 2 ranks on the emulated link (as root).
+bench-replay: $(STAMP)
+	mkdir -p $(OUT)
+	$(PY) benchmarks/replay_fidelity.py $(REPLAY_FLAGS) | tee $(OUT)/replay_fidelity.md
+
+# Every strategy and the parameter servers at 2..16 ranks, compute replayed (as root; long).
+bench-scale: $(STAMP)
+	mkdir -p $(OUT)
+	$(PY) benchmarks/scale.py --csv $(OUT)/scale.csv $(SCALE_FLAGS) | tee $(OUT)/scale.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
