@@ -2,9 +2,11 @@
 
     make bench-pytorch    # = .venv/bin/python benchmarks/vs_pytorch.py --json out/vs_pytorch.json
 
-For every zoo net (lenet, alexnet-mini, resnet20 at batch 64; alexnet and
-googlenet at batch 16) it builds our Net through the solver (synthetic data
-for Data-layer nets, ``fill_inputs`` for Input-layer nets) and a PyTorch model
+For every zoo net (lenet, alexnet-mini, resnet20 at batch 64; alexnet,
+googlenet and resnet50 at batch 16; gpt-mini at batch 32, context 128) it
+builds our Net through the solver (synthetic data for Data-layer nets:
+random images, or random token ids for gpt-mini's text; ``fill_inputs`` for
+Input-layer nets) and a PyTorch model
 generated from the same layer graph (``net.layers``, ``bottom_names``,
 ``top_names``) with a copy of the same weights (a BatchNorm followed by a
 Scale becomes PyTorch's one affine batch norm, as a PyTorch user writes it), then:
@@ -14,11 +16,26 @@ Scale becomes PyTorch's one affine batch norm, as a PyTorch user writes it), the
    parameter gradient agrees with PyTorch's float64 result within ``--rtol``
    of its norm, or within twice PyTorch's own float32 error;
 2. times whole iterations, forward + backward + solver step (our
-   ``solver.update()``, PyTorch's ``SGD(momentum)``), alternating ours and
-   PyTorch's in ``--rounds`` rounds after a warm-up; medians and ranges;
+   ``solver.update()``; PyTorch's ``SGD(momentum)``, or for a net whose zoo
+   solver is AdamW, gpt-mini's, both sides run AdamW with that solver's
+   betas, epsilon, weight decay and gradient clipping, PyTorch's as
+   ``clip_grad_norm_`` + ``AdamW``), alternating ours and PyTorch's in
+   ``--rounds`` rounds after a warm-up; medians and ranges;
 3. times every layer's forward and backward in isolation, for both, on the
    same inputs and upstream gradients, also alternating (here BatchNorm and
-   Scale are two PyTorch ops, like ours).
+   Scale are two PyTorch ops, like ours); the report lists the layers that
+   lose most and the sums per layer type.
+
+The Transformer layers become what a PyTorch user writes: ``F.embedding``,
+a broadcast add for Bias, ``F.layer_norm``, ``F.gelu``, token-wise
+``F.linear``, ``F.cross_entropy`` on the flattened positions, and for
+MultiHeadAttention a GPT's attention as nanoGPT writes it: ``F.linear`` to
+q, k, v (our ``in_proj_weight``/``in_proj_bias``, the layout of
+``nn.MultiheadAttention``), ``F.scaled_dot_product_attention(is_causal=True)``
+(PyTorch's fused kernel), ``F.linear`` with ``out_proj``'s weight and bias.
+That is the same function as ``nn.MultiheadAttention(batch_first=True)``
+with ``need_weights=False``, whose path transposes to (T, N, D) and back
+around the same fused kernel and is the slower of the two.
 
 Each thread setting (``--threads 1,2``) runs in a fresh subprocess whose
 environment fixes the BLAS threads before NumPy is imported (OMP, OpenBLAS,
@@ -42,7 +59,8 @@ import sys
 import tempfile
 import time
 
-NETS = (('lenet', 64), ('alexnet-mini', 64), ('resnet20', 64), ('alexnet', 16), ('googlenet', 16))
+NETS = (('lenet', 64), ('alexnet-mini', 64), ('resnet20', 64), ('alexnet', 16), ('googlenet', 16),
+        ('resnet50', 16), ('gpt-mini', 32))
 ALLOCATOR = 'glibc.malloc.mmap_threshold=33554432'
 # Layers whose work is nil in both frameworks (views, inputs) or that PyTorch has no op for.
 UNTIMED = {'Data', 'Input', 'Accuracy', 'Flatten', 'Reshape'}
@@ -51,11 +69,29 @@ UNTIMED = {'Data', 'Input', 'Accuracy', 'Flatten', 'Reshape'}
 # -- our side -----------------------------------------------------------------
 
 def build_solver(model, batch):
+    """The bench's fixed-rate SGD solver for ``model`` at ``batch``; for a net
+    whose zoo solver is AdamW, an AdamW solver with that file's settings
+    (betas, epsilon, weight decay, gradient clipping) at a fixed rate."""
+    from layerasync import models, proto, schema
     from layerasync.bench import make_solver
+    from layerasync.data import DataOptions
+    from layerasync.net import load_net_param, set_batch_size
+    from layerasync.solver import get_solver, load_solver_param
     from layerasync.timing import fill_inputs
+    zoo = load_solver_param(models.resolve(model, 'solver'))
     # No prefetch thread: batch preparation then runs, and is timed, in the
     # measured thread, rather than competing for the core unseen.
-    solver = make_solver(model, batch, 0, 1, prefetch=False)
+    if zoo.type == 'AdamW':
+        # The rate's policy and warm-up only scale the rate: fixed here.
+        param = proto.parse(
+            f'type: "AdamW" base_lr: {zoo.base_lr!r} momentum: {zoo.momentum!r} '
+            f'momentum2: {zoo.momentum2!r} delta: {zoo.delta!r} '
+            f'weight_decay: {zoo.weight_decay!r} clip_gradients: {zoo.clip_gradients!r} '
+            'lr_policy: "fixed" random_seed: 1', schema.SolverParameter)
+        param.net_param = set_batch_size(load_net_param(models.resolve(model, 'net')), batch)
+        solver = get_solver(param, data=DataOptions(synthetic=True, prefetch=False))
+    else:
+        solver = make_solver(model, batch, 0, 1, prefetch=False)
     fill_inputs(solver.net)
     return solver
 
@@ -78,20 +114,30 @@ def our_iteration(solver):
 
 
 def flops(net):
-    """Multiply-adds x 2 of the convolution and inner-product products of one
-    iteration: forward, weight gradient, and input gradient where needed."""
+    """Multiply-adds x 2 of the convolution, inner-product and attention
+    products of one iteration: forward, weight gradient, and input gradient
+    where needed. Attention counts its projections as inner products and its
+    two products per head (q k^T, probabilities times v) whole, the masked
+    half of a causal one included, as both frameworks compute them: twice
+    as many again backward."""
     total = 0
     for i, layer in enumerate(net.layers):
+        core = 0
         if layer.type == 'Convolution':
             n = net.bottom_vecs[i][0].shape[0]
             one = 2 * n * layer.param.num_output * layer.P * (layer.K // layer.group)
         elif layer.type == 'InnerProduct':
             n = net.bottom_vecs[i][0].count // layer.K
             one = 2 * n * layer.param.num_output * layer.K
+        elif layer.type == 'MultiHeadAttention':
+            n, t, d = net.bottom_vecs[i][0].shape
+            one = 2 * n * t * 4 * d * d               # q, k, v and the output projection
+            core = 2 * 2 * n * t * t * d              # both products, all heads
+            core *= 3 if net.layer_need_backward[i] else 1
         else:
             continue
         products = 1 + layer.param_propagate_down[0] + net.bottom_need_backward[i][0]
-        total += one * len(net.bottom_vecs[i]) * products
+        total += one * len(net.bottom_vecs[i]) * products + core
     return total
 
 
@@ -151,9 +197,13 @@ def torch_layer(layer, bottom, top, inplace):
         def fn(xs, ps, mask):
             return [F.softmax(xs[0], dim=layer.axis)]
     elif t == 'SoftmaxWithLoss':
+        # Classes on the last axis ((N, C), or gpt-mini's (N, T, V) with axis 2):
+        # cross_entropy on the flattened positions, as a PyTorch user writes it.
+        flat = (layer.outer, layer.classes) if layer.inner == 1 else (layer.outer, layer.classes,
+                                                                     layer.inner)
         def fn(xs, ps, mask):
-            scores = xs[0].reshape(layer.outer, layer.classes, layer.inner)
-            labels = xs[1].reshape(layer.outer, layer.inner).long()
+            scores = xs[0].reshape(flat)
+            labels = xs[1].reshape(flat[:1] + flat[2:]).long()
             if layer.ignore_label is None:
                 normalizer = layer._normalizer(labels.numel())
                 loss = F.cross_entropy(scores, labels, reduction='sum')
@@ -209,6 +259,39 @@ def torch_layer(layer, bottom, top, inplace):
     elif t == 'Sigmoid':
         def fn(xs, ps, mask):
             return [torch.sigmoid(xs[0])]
+    elif t == 'Embed':
+        # Ids come in a float blob, as Caffe's labels.
+        def fn(xs, ps, mask):
+            y = F.embedding(xs[0].long(), ps[0])
+            return [y + ps[1] if p.bias_term else y]
+    elif t == 'Bias':
+        outer, dim, inner = layer.dims   # the bias over the middle, broadcast over the rest
+        def fn(xs, ps, mask):
+            y = xs[0].reshape(outer, dim, inner) + ps[0].reshape(1, dim, 1)
+            return [y.reshape(shapes[0])]
+    elif t == 'LayerNorm':
+        def fn(xs, ps, mask):
+            return [F.layer_norm(xs[0], (layer.features,), ps[0], ps[1], p.eps)]
+    elif t == 'GELU':
+        approximate = 'tanh' if layer.tanh_form else 'none'
+        def fn(xs, ps, mask):
+            return [F.gelu(xs[0], approximate=approximate)]
+    elif t == 'MultiHeadAttention':
+        if layer.dropout:
+            raise NotImplementedError('attention dropout: our masks cannot be replayed in PyTorch')
+        n, positions, d = shapes[0]
+        heads, causal = layer.heads, layer.causal
+        # As a GPT is written in PyTorch (nanoGPT's CausalSelfAttention): one
+        # projection to q, k, v, PyTorch's fused attention, the output
+        # projection. Our blobs are in nn.MultiheadAttention's layout
+        # (in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias);
+        # its own path, for the same function, transposes to (T, N, D) and
+        # back around the same scaled_dot_product_attention, and is slower.
+        def fn(xs, ps, mask):
+            q, k, v = (z.view(n, positions, heads, d // heads).transpose(1, 2)
+                       for z in F.linear(xs[0], ps[0], ps[1]).split(d, dim=2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return [F.linear(y.transpose(1, 2).reshape(n, positions, d), ps[2], ps[3])]
     else:
         raise NotImplementedError(f'no PyTorch counterpart for layer type {t}')
     return fn, params
@@ -288,16 +371,29 @@ def torch_model(net):
 
 
 def torch_optimizer(solver, model):
-    """Our solver's SGD with momentum, param groups carrying Caffe's lr_mult / decay_mult."""
+    """Our solver's rule in PyTorch: SGD with momentum, or AdamW (betas momentum
+    and momentum2, eps delta); param groups carry Caffe's lr_mult / decay_mult."""
     import torch
     net, p = solver.net, solver.param
+    rate = solver.learning_rate()
     groups = {}
     for (i, k), index in model.by_blob.items():
         spec = net.param_specs[i][k]
         if spec.lr_mult:
             groups.setdefault((spec.lr_mult, spec.decay_mult), []).append(model.weights[index])
-    return torch.optim.SGD([{'params': ps, 'lr': p.base_lr * lr, 'weight_decay': p.weight_decay * decay}
-                            for (lr, decay), ps in groups.items()], lr=p.base_lr, momentum=p.momentum)
+    groups = [{'params': ps, 'lr': rate * lr, 'weight_decay': p.weight_decay * decay}
+              for (lr, decay), ps in groups.items()]
+    if solver.type == 'AdamW':
+        return torch.optim.AdamW(groups, lr=rate, betas=(p.momentum, p.momentum2), eps=p.delta)
+    if solver.type != 'SGD':
+        raise NotImplementedError(f'no PyTorch optimizer for solver type {solver.type}')
+    return torch.optim.SGD(groups, lr=rate, momentum=p.momentum)
+
+
+def clip_norm(solver):
+    """The global gradient norm our solver clips to (None: it does not clip)."""
+    clip = solver.param.clip_gradients
+    return clip if clip > 0 else None
 
 
 def torch_inputs(net):
@@ -305,12 +401,15 @@ def torch_inputs(net):
     return {name: torch.tensor(net.blobs[name].data) for name in input_names(net)}
 
 
-def torch_iteration(model, optimizer, inputs):
+def torch_iteration(model, optimizer, inputs, clip=None):
+    from torch.nn.utils import clip_grad_norm_
     t0 = time.perf_counter()
     loss = model(inputs)
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
+    if clip is not None:   # as our solver's clip_gradients, part of its update
+        clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad()
     return t1 - t0, t2 - t1, time.perf_counter() - t2
@@ -324,8 +423,12 @@ def check_same_function(solver, model, rtol):
 
     Float32 gradients of a deep net differ by more than rounding from one
     summation order to another, so ours are held to ``rtol`` of the norm of
-    the float64 result, or to twice PyTorch's float32 error if that is larger. Returns {loss: [ours, torch, float64], error: {ours,
-    torch}: (worst relative gradient error, its blob)}."""
+    the float64 result, or to twice PyTorch's float32 error if that is larger.
+    A blob whose float64 gradient is zero but for rounding (at most 1e-10 of
+    the largest of its layer's, as a convolution bias under a BatchNorm) is
+    held to that largest norm instead: its float32 gradient is rounding noise.
+    Returns {loss: [ours, torch, float64], error: {ours, torch}: (worst
+    relative gradient error, its blob)}."""
     import copy
 
     import numpy as np
@@ -346,16 +449,23 @@ def check_same_function(solver, model, rtol):
         loss.backward()
         losses.append(float(loss.detach()))
     errors = {'ours': (0.0, None), 'torch': (0.0, None)}
-    for (i, k), index in model.by_blob.items():
-        if not net.layers[i].param_propagate_down[k]:
-            continue
-        reference = exact.weights[index].grad.numpy()
-        scale = max(np.linalg.norm(reference), 1e-30)
+    checked = [(i, k, index, exact.weights[index].grad.numpy())
+               for (i, k), index in model.by_blob.items() if net.layers[i].param_propagate_down[k]]
+    largest = {}   # per layer: the largest norm of its blobs' float64 gradients
+    for i, _, _, reference in checked:
+        largest[i] = max(largest.get(i, 0.0), np.linalg.norm(reference))
+    for i, k, index, reference in checked:
+        scale, where = np.linalg.norm(reference), f'{net.layers[i].name}[{k}]'
+        if scale <= 1e-10 * largest[i]:
+            # Zero but for rounding (resnet50's conv1 bias under a BatchNorm):
+            # float32's is rounding noise, measured against the layer's gradient.
+            scale, where = largest[i], where + ' (zero in float64)'
+        scale = max(scale, 1e-30)
         for side, grad in (('ours', net.layers[i].blobs[k].diff),
                            ('torch', model.weights[index].grad.numpy())):
             error = np.linalg.norm(grad.astype(np.float64) - reference) / scale
             if error > errors[side][0]:
-                errors[side] = (error, f'{net.layers[i].name}[{k}]')
+                errors[side] = (error, where)
     net.clear_param_diffs()
     model.zero_grad()
     loss_ok = abs(net.loss - losses[1]) <= rtol * max(abs(losses[1]), 1e-6)
@@ -372,16 +482,16 @@ def check_same_function(solver, model, rtol):
 
 def time_iterations(solver, model, optimizer, rounds, iterations, warmup, log):
     """Per framework: per-phase lists of seconds, alternating in rounds."""
-    inputs = torch_inputs(solver.net)
+    inputs, clip = torch_inputs(solver.net), clip_norm(solver)
     for _ in range(warmup):
         our_iteration(solver)
-        torch_iteration(model, optimizer, inputs)
+        torch_iteration(model, optimizer, inputs, clip)
     samples = {'ours': [], 'torch': []}
     for r in range(rounds):
         for side in (('ours', 'torch') if r % 2 == 0 else ('torch', 'ours')):
             for _ in range(iterations):
                 samples[side].append(our_iteration(solver) if side == 'ours'
-                                     else torch_iteration(model, optimizer, inputs))
+                                     else torch_iteration(model, optimizer, inputs, clip))
         log(f'    round {r + 1}/{rounds}: ours {1e3 * sum(samples["ours"][-1]):.1f} ms, '
             f'torch {1e3 * sum(samples["torch"][-1]):.1f} ms')
     return samples
@@ -609,6 +719,17 @@ def report(results, compile_times, layer_rows):
                     cells += [_ms(mine), _ms(theirs),
                               f'{mine / theirs:.2f}' if mine is not None and theirs else '-']
                 lines.append(f"| {row['name']} | {row['type']} | " + ' | '.join(cells) + ' |')
+            lines += ['', f"## Layer types of {r['net']}, {res['threads']} thread(s): sums over "
+                      'the layers of each type, ms', '',
+                      '| type | layers | ours fwd | PyTorch fwd | ratio | ours bwd | PyTorch bwd | '
+                      'ratio |', '|---|---|---|---|---|---|---|---|']
+            for kind, sums in _by_type(rows):
+                cells = []
+                for d in 'fb':
+                    mine, theirs = sums[f'ours_{d}'], sums[f'torch_{d}']
+                    cells += [_ms(mine), _ms(theirs),
+                              f'{mine / theirs:.2f}' if mine is not None and theirs else '-']
+                lines.append(f"| {kind} | {sums['layers']} | " + ' | '.join(cells) + ' |')
     if compile_times:
         lines += ['', '## Numba: first iteration in a fresh process, seconds', '',
                   '| net | empty cache: first | second | cached: first | second |',
@@ -619,6 +740,23 @@ def report(results, compile_times, layer_rows):
         total = sum(c['first_s'] - c['second_s'] for c in compile_times[0])
         lines.append(f'\nCompilation (first minus second iteration, empty cache), all nets: {total:.1f} s')
     return '\n'.join(lines)
+
+
+def _by_type(rows):
+    """(type, sums) per layer type, the most time of ours first; a sum is None
+    where no layer of the type has that measurement (a side with nothing to run)."""
+    sums = {}
+    for row in rows:
+        s = sums.setdefault(row['type'], {'layers': 0})
+        s['layers'] += 1
+        for key in ('ours_f', 'torch_f', 'ours_b', 'torch_b'):
+            value = row[key + '_ms']
+            if value is not None:
+                s[key] = s.get(key, 0.0) + value
+    for s in sums.values():
+        for key in ('ours_f', 'torch_f', 'ours_b', 'torch_b'):
+            s.setdefault(key, None)
+    return sorted(sums.items(), key=lambda item: -((item[1]['ours_f'] or 0) + (item[1]['ours_b'] or 0)))
 
 
 def _ms(value):
