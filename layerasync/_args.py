@@ -19,15 +19,24 @@ def count(low):
     return parse
 
 
-def seconds(text):
-    """An argparse type: a positive, finite number of seconds."""
+def _positive_number(text, what):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a number of seconds') from None
+        raise argparse.ArgumentTypeError(f'{text!r} is not a {what}') from None
     if not 0 < value < float('inf'):
-        raise argparse.ArgumentTypeError(f'{value:g} is not a positive, finite number of seconds')
+        raise argparse.ArgumentTypeError(f'{value:g} is not a positive, finite {what}')
     return value
+
+
+def seconds(text):
+    """An argparse type: a positive, finite number of seconds."""
+    return _positive_number(text, 'number of seconds')
+
+
+def positive(text):
+    """An argparse type: a positive, finite number."""
+    return _positive_number(text, 'number')
 
 
 def layer_types(text):
@@ -40,17 +49,6 @@ def layer_types(text):
             f"unknown layer type {', '.join(map(repr, unknown)) or repr(text)}; known: "
             f"{', '.join(sorted(LAYERS))}")
     return types
-
-
-def positive(text):
-    """An argparse type: a positive, finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
-    if not 0 < value < float('inf'):
-        raise argparse.ArgumentTypeError(f'{value:g} is not a positive, finite number')
-    return value
 
 
 def compute_mode(text):

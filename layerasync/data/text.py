@@ -87,16 +87,28 @@ class Vocabulary:
         return ''.join(self.chars[int(k)] for k in np.asarray(ids).reshape(-1))
 
 
+def _stride(context, phase):
+    """Characters between two samples' windows: every offset in TRAIN,
+    consecutive windows in TEST."""
+    return 1 if phase == 'TRAIN' else context
+
+
+def window_count(length, context, phase):
+    """How many samples a split of ``length`` characters gives (each window has
+    its labels one character on)."""
+    return (length - 1 - context) // _stride(context, phase) + 1
+
+
 class TextSource(Source):
     """Windows of ``context`` ids of one split of a text (see the module docstring)."""
     dtype = np.int32
 
     def __init__(self, name, ids, context, vocabulary, phase):
         self.ids, self.context, self.vocabulary = ids, context, vocabulary
-        self.stride = 1 if phase == 'TRAIN' else context
+        self.stride = _stride(context, phase)
         super().__init__(name, (context,), len(vocabulary), (), max_value=len(vocabulary) - 1)
         self.label_shape = (context,)
-        self._count = (len(ids) - 1 - context) // self.stride + 1
+        self._count = window_count(len(ids), context, phase)
         self._offsets = np.arange(context, dtype=np.int64)
 
     @property
@@ -194,10 +206,10 @@ def open_text(text, phase, options):
                         f'{SPLIT if phase == "TRAIN" else 1 - SPLIT:.0%} of {len(corpus):,} '
                         f'characters) has {len(part):,}, fewer than the {context + 1} one window '
                         f"of source '{text}' needs (T + 1)")
-    source = TextSource(text, vocabulary.encode(part), context, vocabulary, phase)
-    if options.synthetic:
-        stand_in = SyntheticTokens(context, len(vocabulary), source.count, options.seed, phase,
+    if options.synthetic:   # the text's shape and size, without encoding it
+        count = window_count(len(part), context, phase)
+        stand_in = SyntheticTokens(context, len(vocabulary), count, options.seed, phase,
                                    name=f'synthetic stand-in for {text}')
         stand_in.vocabulary = vocabulary
         return stand_in
-    return source
+    return TextSource(text, vocabulary.encode(part), context, vocabulary, phase)

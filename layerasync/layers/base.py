@@ -39,7 +39,8 @@ import numpy as np
 
 from ..data.sampler import BatchContext
 
-__all__ = ['Layer', 'LayerError', 'NetError', 'register', 'LAYERS', 'fill', 'canonical_axis']
+__all__ = ['Layer', 'LayerError', 'NetError', 'register', 'LAYERS', 'fill', 'canonical_axis',
+           'check_num_axes', 'param_axes', 'broadcast_dims']
 
 LAYERS = {}
 
@@ -149,6 +150,36 @@ def canonical_axis(layer, axis, num_axes):
     layer.check(-num_axes <= axis < max(num_axes, 1),
                 f'axis {axis} out of range for a {num_axes}-d blob')
     return axis % num_axes if num_axes else 0
+
+
+def check_num_axes(layer, num_axes):
+    layer.check(num_axes >= -1, f'num_axes must be -1 (all remaining axes) or >= 0, '
+                                f'got {num_axes}')
+
+
+def param_axes(layer, bottom, axis, num_axes):
+    """The shape of a parameter over ``bottom``'s axes ``axis .. axis + num_axes - 1``
+    (``num_axes`` -1: all remaining axes; 0: a scalar), as Caffe's Scale and Bias
+    layers read ``axis`` and ``num_axes``."""
+    check_num_axes(layer, num_axes)
+    n = bottom.num_axes
+    start = canonical_axis(layer, axis, n)
+    end = n if num_axes == -1 else start + num_axes
+    layer.check(end <= n, f'axis {axis} with num_axes {num_axes} extends past the '
+                          f"{n} axes of bottom '{bottom.name}' {bottom.shape}")
+    return bottom.shape[start:end]
+
+
+def broadcast_dims(layer, what, param, bottom, axis):
+    """``bottom`` as (outer, param.count, inner) around the parameter blob ``param``
+    (``what``: its name in errors) placed at ``axis``; a scalar applies at axis 0,
+    whatever ``axis`` says, as in Caffe."""
+    shape, k = bottom.shape, param.num_axes
+    start = 0 if k == 0 else canonical_axis(layer, axis, len(shape))
+    layer.check(shape[start:start + k] == param.shape,
+                f"{what} of shape {param.shape} does not match bottom '{bottom.name}' "
+                f'shape {shape} from axis {start}')
+    return (bottom.count_range(0, start), param.count, bottom.count_range(start + k))
 
 
 FILLERS = ('constant', 'uniform', 'gaussian', 'xavier', 'msra')

@@ -8,7 +8,7 @@ import numpy as np
 from .. import schema
 from ..kernels import batchnorm as K
 from ..proto import Message
-from .base import Layer, canonical_axis, register
+from .base import Layer, broadcast_dims, check_num_axes, param_axes, register
 
 _STATS = ('running mean sum', 'running variance sum', 'running weight')
 
@@ -137,15 +137,9 @@ class Scale(Layer):
 
     def setup(self, bottom, top):
         p = self.param
-        self.check(p.num_axes >= -1, f'num_axes must be -1 (all remaining axes) or >= 0, '
-                                     f'got {p.num_axes}')
-        n = bottom[0].num_axes
+        check_num_axes(self, p.num_axes)
         if len(bottom) == 1:
-            axis = canonical_axis(self, p.axis, n)
-            end = n if p.num_axes == -1 else axis + p.num_axes
-            self.check(end <= n, f'axis {p.axis} with num_axes {p.num_axes} extends past the '
-                                 f"{n} axes of bottom '{bottom[0].name}' {bottom[0].shape}")
-            shape = bottom[0].shape[axis:end]
+            shape = param_axes(self, bottom[0], p.axis, p.num_axes)
             filler = (p.filler if p.has('filler') else
                       Message(schema.FillerParameter, self.spec.where, {'value': 1.0}))
             self.blobs = [self.make_param(shape, filler)]
@@ -161,14 +155,7 @@ class Scale(Layer):
 
     def reshape(self, bottom, top):
         scale, shape = self._scale(bottom), bottom[0].shape
-        k = scale.num_axes
-        # Caffe: a scalar scale applies at axis 0, whatever the axis parameter.
-        axis = 0 if k == 0 else canonical_axis(self, self.param.axis, len(shape))
-        self.check(shape[axis:axis + k] == scale.shape,
-                   f"scale of shape {scale.shape} does not match bottom '{bottom[0].name}' "
-                   f'shape {shape} from axis {axis}')
-        outer = bottom[0].count_range(0, axis)
-        self.dims = (outer, scale.count, bottom[0].count_range(axis + k))
+        self.dims = broadcast_dims(self, 'scale', scale, bottom[0], self.param.axis)
         if top[0] is bottom[0]:
             # In place the input is overwritten, but the scale gradient needs it.
             if self.bottom_copy.shape != shape:

@@ -16,7 +16,7 @@ from .. import schema
 from ..kernels import transformer as K
 from ..kernels.blas import gemm
 from ..proto import Message
-from .base import Layer, canonical_axis, register
+from .base import Layer, broadcast_dims, param_axes, register
 
 
 def _filler(layer, **values):
@@ -100,26 +100,12 @@ class Bias(Layer):
 
     def setup(self, bottom, top):
         p = self.param
-        self.check(p.num_axes >= -1, f'num_axes must be -1 (all remaining axes) or >= 0, '
-                                     f'got {p.num_axes}')
-        n = bottom[0].num_axes
-        axis = canonical_axis(self, p.axis, n)
-        end = n if p.num_axes == -1 else axis + p.num_axes
-        self.check(end <= n, f'axis {p.axis} with num_axes {p.num_axes} extends past the '
-                             f"{n} axes of bottom '{bottom[0].name}' {bottom[0].shape}")
-        self.blobs = [self.make_param(bottom[0].shape[axis:end], p.filler)]
+        self.blobs = [self.make_param(param_axes(self, bottom[0], p.axis, p.num_axes), p.filler)]
         self.sums = np.zeros(self.blobs[0].count)   # float64, as the kernel sums
 
     def reshape(self, bottom, top):
-        bias, shape = self.blobs[0], bottom[0].shape
-        k = bias.num_axes
-        # Caffe: a scalar bias applies at axis 0, whatever the axis parameter.
-        axis = 0 if k == 0 else canonical_axis(self, self.param.axis, len(shape))
-        self.check(shape[axis:axis + k] == bias.shape,
-                   f"bias of shape {bias.shape} does not match bottom '{bottom[0].name}' "
-                   f'shape {shape} from axis {axis}')
-        self.dims = (bottom[0].count_range(0, axis), bias.count, bottom[0].count_range(axis + k))
-        top[0].reshape(shape)
+        self.dims = broadcast_dims(self, 'bias', self.blobs[0], bottom[0], self.param.axis)
+        top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
         out = None if top[0] is bottom[0] else top[0].data.reshape(self.dims)
