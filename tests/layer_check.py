@@ -44,6 +44,19 @@ def run_layer(text, bottoms, n_top=1, phase='TRAIN', dtype=np.float64, seed=0):
     return layer, bottom, top
 
 
+def forward_backward(layer, bottom, top, dy, propagate=True):
+    """Set up ``layer`` on Blobs ``bottom``/``top``, reshape and forward; then
+    backward ``dy`` (``propagate``: into every bottom). Returns the top's data."""
+    layer.setup(bottom, top)
+    layer.param_propagate_down = [True] * len(layer.blobs)
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    y = top[0].data.copy()
+    top[0].diff[...] = dy
+    layer.backward(top, [propagate] * len(bottom), bottom)
+    return y
+
+
 def _forward(layer, bottom, top, seed):
     layer.rng = np.random.default_rng(seed + 1)
     layer.reshape(bottom, top)
@@ -51,13 +64,18 @@ def _forward(layer, bottom, top, seed):
 
 
 def check_gradient(text, bottoms, n_top=1, check_bottoms=None, phase='TRAIN', eps=1e-6,
-                   rtol=1e-5, atol=1e-7, seed=0, max_checks=200, top_weights=None):
+                   rtol=1e-5, atol=1e-7, seed=0, max_checks=200, top_weights=None,
+                   prepare=None):
     """Compare analytic and numeric gradients; raises AssertionError naming the entry.
 
     ``check_bottoms``: indices of bottoms whose gradient is checked (default all).
     At most ``max_checks`` randomly chosen entries per array are perturbed.
+    ``prepare(layer)``, if given, runs after set-up (e.g. to set other parameters
+    than the fillers draw).
     """
     layer, bottom, top = run_layer(text, bottoms, n_top, phase, np.float64, seed)
+    if prepare is not None:
+        prepare(layer)
     check_bottoms = range(len(bottom)) if check_bottoms is None else check_bottoms
     rng = np.random.default_rng(seed + 7)
     _forward(layer, bottom, top, seed)

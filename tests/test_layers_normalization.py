@@ -6,7 +6,7 @@ import layerasync
 from layerasync.blob import Blob
 from layerasync.kernels import batchnorm as K
 from layerasync.layers import LayerError
-from layer_check import blobs_from, check_gradient, make_layer, run_layer
+from layer_check import blobs_from, check_gradient, forward_backward, make_layer, run_layer
 
 RNG = np.random.default_rng(1234)
 
@@ -44,17 +44,6 @@ def broadcast(param, x_shape, axis):
 
 def tops():
     return [Blob((), np.float64, name='top0')]
-
-
-def forward_backward(layer, bottom, top, dy):
-    layer.setup(bottom, top)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    y = top[0].data.copy()
-    top[0].diff[...] = dy
-    layer.backward(top, [True] * len(bottom), bottom)
-    return y
 
 
 # -- BatchNorm forward ----------------------------------------------------------

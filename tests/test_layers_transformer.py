@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import layerasync
-from layer_check import blobs_from, check_gradient, make_layer, run_layer
+from layer_check import blobs_from, check_gradient, forward_backward, make_layer, run_layer
 from layerasync.blob import Blob
 from layerasync.data import BatchContext, keyed_bits, named_stream
 from layerasync.data.sampler import _GOLDEN, _splitmix
@@ -23,18 +23,6 @@ def normal(*shape, scale=1.0):
 
 def tops(dtype=np.float64):
     return [Blob((), dtype, name='top0')]
-
-
-def forward_backward(layer, bottom, top, dy, propagate=True):
-    """Set up, reshape, forward; then backward ``dy``. Returns the top's data."""
-    layer.setup(bottom, top)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    y = top[0].data.copy()
-    top[0].diff[...] = dy
-    layer.backward(top, [propagate] * len(bottom), bottom)
-    return y
 
 
 def inplace_and_not(text, x, dy, dtype=np.float64):
@@ -207,32 +195,9 @@ def test_layer_norm_forward_and_gradient(shape):
 
 def test_layer_norm_gradient_with_learned_scale_and_shift():
     """check_gradient starts from scale 1, shift 0; here they are random."""
-    x, w, eps = normal(4, 6), normal(4, 6), 1e-6
-    layer = make_layer("type: 'LayerNorm'")
-    bottom, top = blobs_from([x]), tops()
-    layer.setup(bottom, top)
-    randomise_params(layer)
-
-    def objective():
-        layer.reshape(bottom, top)
-        layer.forward(bottom, top)
-        return float(np.sum(top[0].data * w))
-    layer.param_propagate_down = [True, True]
-    objective()
-    top[0].diff[...] = w
-    layer.backward(top, [True], bottom)
-    for values, grad in [(bottom[0].data, bottom[0].diff.copy()),
-                         (layer.blobs[0].data, layer.blobs[0].diff.copy()),
-                         (layer.blobs[1].data, layer.blobs[1].diff.copy())]:
-        flat = values.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            plus = objective()
-            flat[i] = old - eps
-            minus = objective()
-            flat[i] = old
-            assert abs((plus - minus) / (2 * eps) - grad.reshape(-1)[i]) < 1e-7
+    x, w = normal(4, 6), normal(4, 6)
+    check_gradient("type: 'LayerNorm'", [x], prepare=randomise_params, top_weights=[w],
+                   rtol=0.0, atol=1e-7)
 
 
 def test_layer_norm_float32_with_large_mean_and_accumulating_param_gradients():
