@@ -22,19 +22,17 @@ and against DDP's best bucket setting; and the bytes each host sent per
 iteration (the link's counters), the check that the traffic crossed the link.
 """
 import argparse
-import csv
 import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-ALLOCATOR = 'glibc.malloc.mmap_threshold=33554432'
+from emulated import bench_on_cluster, cluster_of, run_on_cluster  # noqa: E402
 
 
 # -- one rank of the DDP side -------------------------------------------------
@@ -96,33 +94,11 @@ def ddp_worker(args):
 
 # -- the orchestration ----------------------------------------------------------
 
-def run_on_cluster(program, threads=1):
-    from layerasync.launch import cluster
-    from layerasync.launch.emulated import emulated_command
-    state = cluster.load()
-    command, _ = emulated_command(program, threads=threads,
-                                  export=[f'GLIBC_TUNABLES={ALLOCATOR}', 'GLOO_SOCKET_IFNAME=eth0'])
-    before = cluster.link_counters(state)
-    done = subprocess.run(command.argv, env={**os.environ, **command.env}, capture_output=True,
-                          text=True)
-    after = cluster.link_counters(state)
-    if done.returncode != 0:
-        raise SystemExit(f'hide: {command.display()} failed ({done.returncode}):\n'
-                         f'{done.stderr[-4000:]}')
-    return [a['tx_bytes'] - b['tx_bytes'] for a, b in zip(after, before)]
-
-
 def our_round(args, folder):
-    out = os.path.join(folder, 'bench.csv')
-    program = [sys.executable, '-m', 'layerasync', 'bench', '--model', args.model,
-               '--batch', str(args.batch), '--strategies', args.strategies,
-               '--iterations', str(args.iterations), '--warmup', str(args.warmup),
-               '--rounds', '1', '--csv', out, *args.bench_flags]
-    if args.remove_layers:
-        program += ['--remove-layers', args.remove_layers]
-    sent = run_on_cluster(program)
-    with open(out) as f:
-        rows = {r['row']: float(r['ms_per_iter']) for r in csv.DictReader(f)}
+    rows, sent = bench_on_cluster(folder, args.model, args.batch, args.strategies,
+                                  args.iterations, args.warmup, remove=args.remove_layers,
+                                  flags=args.bench_flags)
+    rows = {r['row']: float(r['ms_per_iter']) for r in rows}
     # Every row but compute communicates: its warm-up and timed iterations, 2 untimed each.
     iterations = (args.warmup + 2 + args.iterations + 2) * (len(rows) - 1)
     return rows, max(sent) / iterations
@@ -165,12 +141,7 @@ def main():
     if args.ddp_worker:
         return ddp_worker(args)
     args.bench_flags = args.bench_flags.split()
-    from layerasync.launch import cluster
-    made = cluster.load() is None
-    if made:
-        cluster.up(2, args.bandwidth, latency_free=True)
-    try:
-        state = cluster.load()
+    with cluster_of(2, args.bandwidth) as state:
         samples, sent = {}, []
         with tempfile.TemporaryDirectory(prefix='layerasync-hide-') as folder:
             for r in range(args.rounds):
@@ -185,10 +156,7 @@ def main():
                         samples.setdefault(k, []).append(v)
                 print(f'round {r + 1}/{args.rounds}: ' + ', '.join(
                     f'{k} {v[-1]:.0f}' for k, v in samples.items()), file=sys.stderr)
-        report(args, state, samples, sent)
-    finally:
-        if made:
-            cluster.down(warn=lambda *a: None)
+    report(args, state, samples, sent)
 
 
 def report(args, state, samples, sent):

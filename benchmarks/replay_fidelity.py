@@ -18,42 +18,20 @@ on the machine's two cores, sharing caches and memory bandwidth, while the
 profile was taken alone.
 """
 import argparse
-import csv
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from hide import run_on_cluster  # noqa: E402
-
-
-def profile(args, path):
-    program = [sys.executable, '-m', 'layerasync', 'time', '--model', args.model,
-               '--batch', str(args.batch), '--synthetic', '--iterations', '20', '--json', path]
-    if args.remove_layers:
-        program += ['--remove-layers', args.remove_layers]
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    done = subprocess.run(program, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f'replay_fidelity: {" ".join(program)} failed:\n{done.stderr[-3000:]}')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emulated import bench_on_cluster, cluster_of, profile  # noqa: E402
 
 
 def bench_round(args, folder, replay):
-    out = os.path.join(folder, 'bench.csv')
-    program = [sys.executable, '-m', 'layerasync', 'bench', '--model', args.model,
-               '--batch', str(args.batch), '--strategies', args.strategies,
-               '--iterations', str(args.iterations), '--warmup', str(args.warmup),
-               '--rounds', '1', '--csv', out, *args.bench_flags]
-    if args.remove_layers:
-        program += ['--remove-layers', args.remove_layers]
-    if replay:
-        program += ['--compute', f'replay:{replay}']
-    run_on_cluster(program)
-    with open(out) as f:
-        return {r['row']: float(r['ms_per_iter']) for r in csv.DictReader(f)}
+    flags = args.bench_flags + (['--compute', f'replay:{replay}'] if replay else [])
+    rows, _ = bench_on_cluster(folder, args.model, args.batch, args.strategies, args.iterations,
+                               args.warmup, remove=args.remove_layers, flags=flags)
+    return {r['row']: float(r['ms_per_iter']) for r in rows}
 
 
 def main():
@@ -69,17 +47,12 @@ def main():
     p.add_argument('--bench-flags', default='', help='more flags for both benches')
     args = p.parse_args()
     args.bench_flags = args.bench_flags.split()
-    from layerasync.launch import cluster
     from layerasync.units import format_rate
-    made = cluster.load() is None
-    if made:
-        cluster.up(2, args.bandwidth, latency_free=True)
-    try:
-        state = cluster.load()
+    with cluster_of(2, args.bandwidth) as state:
         real, replayed = {}, {}
         with tempfile.TemporaryDirectory(prefix='layerasync-replay-') as folder:
             path = os.path.join(folder, 'profile.json')
-            profile(args, path)
+            profile(args.model, args.batch, args.remove_layers, path, iterations=20)
             for r in range(args.rounds):
                 for side in (('real', 'replay') if r % 2 == 0 else ('replay', 'real')):
                     rows = bench_round(args, folder, path if side == 'replay' else None)
@@ -88,9 +61,6 @@ def main():
                 print(f'round {r + 1}/{args.rounds}: ' + ', '.join(
                     f'{k} {real[k][-1]:.0f}/{replayed[k][-1]:.0f}' for k in real),
                     file=sys.stderr)
-    finally:
-        if made:
-            cluster.down(warn=lambda *a: None)
     print(f"{args.model}{' without ' + args.remove_layers if args.remove_layers else ''}, batch "
           f"{args.batch} per rank, 2 ranks on the emulated "
           f"{format_rate(state['bits_per_second'] / 8)} link; ms per iteration, median of "

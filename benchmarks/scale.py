@@ -33,14 +33,12 @@ seconds each bench took are printed.
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from hide import run_on_cluster  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emulated import bench_on_cluster, cluster_of, profile  # noqa: E402
 
 # net: (batch per rank, layer types removed, compute speed-up, link per host)
 NETS = {
@@ -49,33 +47,6 @@ NETS = {
     'gpt-mini': (32, '', 1.0, '100mbit'),
 }
 ALLREDUCE = 'sync,layerwise,async-layerwise,delayed:1'
-
-
-def profile(model, batch, remove, path):
-    program = [sys.executable, '-m', 'layerasync', 'time', '--model', model, '--batch',
-               str(batch), '--synthetic', '--iterations', '10', '--json', path]
-    if remove:
-        program += ['--remove-layers', remove]
-    done = subprocess.run(program, env=dict(os.environ, OMP_NUM_THREADS='1'),
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f'scale: {" ".join(program)} failed:\n{done.stderr[-3000:]}')
-
-
-def bench(args, folder, model, batch, remove, speedup, profile_path, strategies, servers=0):
-    out = os.path.join(folder, 'bench.csv')
-    program = [sys.executable, '-m', 'layerasync', 'bench', '--model', model, '--batch',
-               str(batch), '--strategies', strategies, '--iterations', str(args.iterations),
-               '--warmup', str(args.warmup), '--rounds', str(args.rounds), '--csv', out,
-               '--compute', f'replay:{profile_path}', '--compute-speedup', f'{speedup:g}']
-    if remove:
-        program += ['--remove-layers', remove]
-    if servers:
-        program += ['--servers', str(servers)]
-    sent = run_on_cluster(program)
-    with open(out) as f:
-        rows = list(csv.DictReader(f))
-    return rows, max(sent)
 
 
 def main():
@@ -105,13 +76,15 @@ def main():
             profile(model, batch, remove, path)
             runs = [(P, 0) for P in ranks] + [(P, s) for P in ranks for s in servers]
             for P, s in runs:
-                cluster.up(P + s, bandwidth, latency_free=True)
-                try:
-                    start = time.perf_counter()
-                    rows, sent = bench(args, folder, model, batch, remove, speedup, path,
-                                       ALLREDUCE if not s else 'ps-sync,ps-async', s)
-                finally:
-                    cluster.down(warn=lambda *a: None)
+                flags = ['--compute', f'replay:{path}', '--compute-speedup', f'{speedup:g}']
+                if s:
+                    flags += ['--servers', str(s)]
+                start = time.perf_counter()
+                with cluster_of(P + s, bandwidth, reuse=False):
+                    rows, sent = bench_on_cluster(
+                        folder, model, batch, ALLREDUCE if not s else 'ps-sync,ps-async',
+                        args.iterations, args.warmup, args.rounds, remove, flags)
+                sent = max(sent)
                 for row in rows:
                     if s and row['row'] not in ('ps-sync', 'ps-async'):
                         continue   # the allreduce rows of a PS bench run on P workers alone

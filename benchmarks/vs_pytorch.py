@@ -713,23 +713,14 @@ def report(results, compile_times, layer_rows):
                 return sum((row[f'ours_{d}_ms'] or 0) - (row[f'torch_{d}_ms'] or 0) for d in 'fb')
 
             for row in sorted(rows, key=excess, reverse=True)[:layer_rows]:
-                cells = []
-                for d in 'fb':
-                    mine, theirs = row[f'ours_{d}_ms'], row[f'torch_{d}_ms']
-                    cells += [_ms(mine), _ms(theirs),
-                              f'{mine / theirs:.2f}' if mine is not None and theirs else '-']
-                lines.append(f"| {row['name']} | {row['type']} | " + ' | '.join(cells) + ' |')
+                cells = _side_by_side(row, '_ms')
+                lines.append(f"| {row['name']} | {row['type']} | {cells} |")
             lines += ['', f"## Layer types of {r['net']}, {res['threads']} thread(s): sums over "
                       'the layers of each type, ms', '',
                       '| type | layers | ours fwd | PyTorch fwd | ratio | ours bwd | PyTorch bwd | '
                       'ratio |', '|---|---|---|---|---|---|---|---|']
             for kind, sums in _by_type(rows):
-                cells = []
-                for d in 'fb':
-                    mine, theirs = sums[f'ours_{d}'], sums[f'torch_{d}']
-                    cells += [_ms(mine), _ms(theirs),
-                              f'{mine / theirs:.2f}' if mine is not None and theirs else '-']
-                lines.append(f"| {kind} | {sums['layers']} | " + ' | '.join(cells) + ' |')
+                lines.append(f"| {kind} | {sums['layers']} | {_side_by_side(sums, '')} |")
     if compile_times:
         lines += ['', '## Numba: first iteration in a fresh process, seconds', '',
                   '| net | empty cache: first | second | cached: first | second |',
@@ -757,6 +748,17 @@ def _by_type(rows):
         for key in ('ours_f', 'torch_f', 'ours_b', 'torch_b'):
             s.setdefault(key, None)
     return sorted(sums.items(), key=lambda item: -((item[1]['ours_f'] or 0) + (item[1]['ours_b'] or 0)))
+
+
+def _side_by_side(row, suffix):
+    """Table cells: ours, PyTorch's and their ratio, for forward then backward
+    (``row['ours_f' + suffix]`` ...)."""
+    cells = []
+    for d in 'fb':
+        mine, theirs = row[f'ours_{d}{suffix}'], row[f'torch_{d}{suffix}']
+        cells += [_ms(mine), _ms(theirs),
+                  f'{mine / theirs:.2f}' if mine is not None and theirs else '-']
+    return ' | '.join(cells)
 
 
 def _ms(value):
