@@ -300,20 +300,22 @@ class Solver:
         """Clipping needs the global gradient norm before any layer is updated."""
         return self.param.clip_gradients > 0
 
-    def begin_update(self, grad=None, scale=1.0):
+    def begin_update(self, grad=None, scale=1.0, norm=None):
         """Fix the learning rate, iteration and clipping scale of the coming update.
 
         ``grad`` is the gradient buffer (default: the net's gradient arena),
         holding ``1 / scale`` times the gradient (``scale`` = 1/P for a sum
         over P ranks); clipping reads all of it, so every reduction must be
-        complete.
+        complete. ``norm``: the gradient's norm, when the caller computed it
+        (a gradient held in shards); then ``grad`` is not read.
         """
         self.update_iter = self.iter
         self.rate = self.learning_rate()
         self.clip_scale = 1.0
         if self.needs_all_gradients:
-            grad = self.net.arena.diff if grad is None else grad
-            norm = math.sqrt(K.sum_of_squares(grad)) * scale
+            if norm is None:
+                grad = self.net.arena.diff if grad is None else grad
+                norm = math.sqrt(K.sum_of_squares(grad)) * scale
             if norm > self.param.clip_gradients:
                 self.clip_scale = self.param.clip_gradients / norm
         self.step_scale = scale * self.clip_scale / self.param.iter_size
@@ -329,14 +331,21 @@ class Solver:
         a piece of one, whose ``param { lr_mult decay_mult }`` are given) as
         ``update_layer`` does, with the rate fixed by ``begin_update``; zero
         that slice of ``grad``. A parameter server updates its pieces with it."""
-        p = self.param
         grad = self.net.arena.diff if grad is None else grad
         if lr_mult == 0:
             grad[view] = 0.0  # only written under force_backward; never applied
             return
-        self._apply(self.net.arena.data[view], grad[view], [h[view] for h in self.history],
-                    self.rate * lr_mult, p.weight_decay * decay_mult, self.step_scale,
-                    p.regularization_type == 'L1')
+        self.update_arrays(self.net.arena.data[view], grad[view], [h[view] for h in self.history],
+                           lr_mult, decay_mult)
+
+    def update_arrays(self, weights, grad, history, lr_mult=1.0, decay_mult=1.0):
+        """The update rule on given arrays of one size (weights, the gradient,
+        one per history), with the rate fixed by ``begin_update``; zeroes
+        ``grad``. ``sharded`` updates its shard with it: the shard's gradient
+        and histories live outside the arenas."""
+        p = self.param
+        self._apply(weights, grad, history, self.rate * lr_mult, p.weight_decay * decay_mult,
+                    self.step_scale, p.regularization_type == 'L1')
 
     def update(self, grad=None, scale=1.0):
         """The whole step: exactly ``begin_update`` then every layer's update."""
@@ -398,19 +407,21 @@ class Solver:
         return score(self.test_nets[index], self.param.test_iter[index])
 
     # -- snapshots ---------------------------------------------------------
-    def snapshot(self, prefix=None, extra=None):
+    def snapshot(self, prefix=None, extra=None, history=None):
         """Write ``<prefix>_iter_<N>.weights.npz`` and ``.solverstate.npz`` atomically.
 
         ``extra`` (name -> array) is stored with the solver state (strategies
-        keep in-flight gradients there). Returns the solver-state path.
+        keep in-flight gradients there); ``history`` replaces ``self.history``
+        when a strategy holds the solver state in shards (``gather_state``).
+        Returns the solver-state path.
         """
         path = self.snapshot_path(prefix)
         weights = path[:-len('.solverstate.npz')] + '.weights.npz'
         atomic_savez(weights, net_weights(self.net))
         state = {'iter': np.array(self.iter), 'type': np.array(self.type),
                  'weights': np.array(os.path.basename(weights))}
-        for h, history in enumerate(self.history):
-            for key, view in per_blob(self.slots, history).items():
+        for h, whole in enumerate(self.history if history is None else history):
+            for key, view in per_blob(self.slots, whole).items():
                 state[f'history{h}/{key}'] = view
         for prefix, net in self._nets():
             state.update(layer_states(net, prefix))

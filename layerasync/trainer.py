@@ -265,10 +265,11 @@ class Trainer:
         """Drain the strategy, then rank 0 writes weights and solver state."""
         self.strategy.finish()
         self._average_statistics()
+        history = self.strategy.gather_state()
         s = self.solver
         prefix = s.param.snapshot_prefix or s.net.name or 'snapshot'
         if self.rank == 0:
-            s.snapshot(prefix, extra=self.strategy.state_dict())
+            s.snapshot(prefix, extra=self.strategy.state_dict(), history=history)
             self.log(f'Snapshotting solver state to {s.snapshot_path(prefix)}')
         if self.control is not None and self.size > 1:
             self.control.barrier()   # the files exist before any rank goes on

@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -98,6 +99,19 @@ TWO = dict(forward=[1, 1], backward=[1, 1], update=[0.5, 0.5], counts=[10, 10], 
 ])
 def test_two_layers_by_hand(strategy, period):
     assert steady_iteration(plan(**TWO), strategy) == pytest.approx(period)
+
+
+def test_sharded_by_hand():
+    # TWO on 2 ranks, each chunk's reduce-scatter and all-gather busy 1.5 (half the
+    # allreduce's 3), shard updates 0.25 (half a layer). Iteration 1 on: layer 0's
+    # reduce-scatter ends at 6 (1's at 4.5); update 0 to 6.25, gather 0 6.25..7.75;
+    # update 1 to 6.5, gather 1 queued 7.75..9.25; forward 0 7.75..8.75, forward 1
+    # 9.25..10.25, backward to 12.25: a period of 8.25 (async-layerwise: 10).
+    p = replace(plan(**TWO), ranks=2, scatter_parts=[(0, 1.5)] * 2, gather_parts=[(0, 1.5)] * 2)
+    assert iteration_ends(p, 'sharded', 3) == pytest.approx([4, 12.25, 20.5])
+    assert steady_iteration(p, 'sharded') == pytest.approx(8.25)
+    one = replace(p, ranks=1, scatter_parts=[(0, 0)] * 2, gather_parts=[(0, 0)] * 2)
+    assert steady_iteration(one, 'sharded') == pytest.approx(5)
 
 
 def test_one_rank_has_no_communication():

@@ -42,12 +42,16 @@ class Chunk:
 def make_buckets(segments, fusion_bytes=0, chunk_bytes=0, itemsize=4):
     """Buckets over ``segments``: (layer index, arena slice) in arena order.
 
-    ``fusion_bytes``: fuse consecutive layers until a bucket reaches it.
+    ``fusion_bytes``: fuse consecutive layers until a bucket reaches it
+    (segments that are not adjacent in the arena are never fused).
     ``chunk_bytes``: cut buckets into chunks of at most this size (0: one chunk).
     Returns (buckets, chunks).
     """
     buckets, current = [], []
     for layer, view in segments:
+        if current and view.start != current[-1][1].stop:
+            buckets.append(current)   # a gap in the arena: a bucket is one contiguous slice
+            current = []
         current.append((layer, view))
         size = (current[-1][1].stop - current[0][1].start) * itemsize
         if size >= fusion_bytes:

@@ -69,7 +69,7 @@ class Communicator:
         self.rank, self.size = self.control.rank, self.control.size
         self.buffers = list(buffers)
         itemsize = self.buffers[0].itemsize if self.buffers else 4
-        self.buckets, self.chunks = make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
+        self.buckets, self.chunks = self._cut(segments, fusion_bytes, chunk_bytes, itemsize)
         self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
         self.wire_estimate = None   # seconds, when 'auto' measured it
         if priority == 'auto':
@@ -103,7 +103,8 @@ class Communicator:
         extrapolated by size from allreduces of (at most) ``probe_bytes`` after a
         warm-up (the median of ``repeats``); the mean over ranks, so every rank
         decides alike."""
-        total = sum(c.stop - c.start for c in self.chunks)
+        total = sum(self.chunks[c].stop - self.chunks[c].start
+                    for b in self.gradient_buckets for c in b.chunks)
         scratch = np.zeros(max(1, min(total, probe_bytes // itemsize)), np.float32)
         times = []
         for k in range(repeats + 1):
@@ -126,6 +127,16 @@ class Communicator:
         back-off (``self.backoff``) is each rank's own and may differ between
         nodes."""
         return dict(self._settings)
+
+    def _cut(self, segments, fusion_bytes, chunk_bytes, itemsize):
+        """(buckets, chunks) of the communicator (a subclass adds its own)."""
+        return make_buckets(segments, fusion_bytes, chunk_bytes, itemsize)
+
+    @property
+    def gradient_buckets(self):
+        """The buckets of the gradient, ``buckets[:len(gradient_buckets)]``, which
+        strategies post from backward (here: all of them)."""
+        return self.buckets
 
     # -- the contract ----------------------------------------------------------
     def post(self, bucket, buffer=0):
@@ -177,6 +188,10 @@ class Communicator:
         self._block_until(lambda: self.scheduler.idle() and self.round_req is None
                           and not (self.scheduler.priority and self.scheduler.wants_round()),
                           'all buckets')
+
+    def is_done(self, bucket):
+        """Is ``bucket``'s latest posted generation done here (no waiting)?"""
+        return self._latest_done(bucket)
 
     def _latest_done(self, b):
         return self.scheduler.is_done(self.buckets[b].chunks, int(self.generation[b]) - 1)
@@ -256,16 +271,22 @@ class Communicator:
             entry[1] -= 1
             if not entry[1]:   # the bucket's last chunk of this generation
                 del self.buffer_of[chunk.bucket, g]
-            buf = self.buffers[entry[0]][chunk.start:chunk.stop]
-            self.requests.append(self.data_comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+            self.requests.append(self._start(chunk, self.buffers[entry[0]]))
             self.keys.append((c, g))
             self.posted_at[c, g] = now
+
+    def _start(self, chunk, buffer):
+        """Post ``chunk``'s collective on ``buffer``; its request."""
+        return self.data_comm.Iallreduce(MPI.IN_PLACE, buffer[chunk.start:chunk.stop], op=MPI.SUM)
+
+    def _span_name(self, chunk):
+        return f'allreduce b{chunk.bucket}.{chunk.index}'
 
     def _record(self, c, g, now):
         start = self.posted_at.pop((c, g))
         if self.trace is not None:
             chunk = self.chunks[c]
-            self.trace.span('comm', f'allreduce b{chunk.bucket}.{c}', start, now,
+            self.trace.span('comm', self._span_name(chunk), start, now,
                             bytes=(chunk.stop - chunk.start) * self.buffers[0].itemsize,
                             generation=g)
 

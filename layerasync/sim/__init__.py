@@ -91,7 +91,8 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     segments = backward_layout({i: layer['param_bytes'] // ITEMSIZE
                                 for i, layer in enumerate(layers)})
     buckets, chunks = make_buckets(segments, fusion_bytes, chunk_bytes, ITEMSIZE)
-    parts = [network.allreduce_parts((c.stop - c.start) * ITEMSIZE, ranks) for c in chunks]
+    sizes = [(c.stop - c.start) * ITEMSIZE for c in chunks]
+    parts = [network.allreduce_parts(n, ranks) for n in sizes]
     # 'auto' decides as the communicator does, on the modelled allreduce of all
     # the gradients where the trainer measures one.
     priority = choose_priority(SCHEDULERS[scheduler],
@@ -108,7 +109,9 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                 buckets=buckets, chunks=chunks, chunk_busy_s=[busy for _, busy in parts],
                 chunk_latency_s=[latency for latency, _ in parts],
                 in_flight=in_flight_for(in_flight, priority),
-                priority=priority, round_s=round_s, hook_s=hook_overhead if ranks > 1 else 0.0)
+                priority=priority, round_s=round_s, hook_s=hook_overhead if ranks > 1 else 0.0,
+                scatter_parts=[network.reduce_scatter_parts(n, ranks) for n in sizes],
+                gather_parts=[network.allgather_parts(n, ranks) for n in sizes], ranks=ranks)
 
 
 def simulate(profile, network, ranks, strategies=DEFAULT_STRATEGIES, **settings):

@@ -14,6 +14,10 @@ operations in MPICH", IJHPCA 2005; Patarasuk and Yuan 2009 for the ring):
                        choice an MPI library's tuned selection aims at
 =====================  ==============================================================
 
+The reduce-scatter and the all-gather of ``sharded`` are the two halves of
+the ring allreduce, or of Rabenseifner's (recursive halving, then doubling;
+``reduce_scatter_parts``, ``allgather_parts``).
+
 Each cost is split in two (``allreduce_parts``): the alpha terms are
 *latency*, during which the link can carry other traffic; the bandwidth and
 reduction terms keep the rank's link *busy*. So allreduces in flight together
@@ -66,6 +70,29 @@ class Network:
         parts = [cost(self, nbytes, ranks) for name, cost in _COSTS.items()
                  if self.algorithm in ('auto', name)]
         return min(parts, key=sum)
+
+    def reduce_scatter_parts(self, nbytes, ranks):
+        """(latency, busy) of a reduce-scatter of ``nbytes`` (each rank ends with
+        the sum of 1/P of them): the first half of the ring or of Rabenseifner's
+        allreduce (recursive halving) — ``(P-1) alpha`` or ``log2(P) alpha``,
+        plus ``(P-1)/P n (1/beta + gamma)``; ``auto``: the cheaper."""
+        return self._half(nbytes, ranks, self.gamma)
+
+    def allgather_parts(self, nbytes, ranks):
+        """(latency, busy) of an all-gather of ``nbytes`` (1/P from each rank): the
+        second half of the ring or of Rabenseifner's allreduce (recursive
+        doubling), ``(P-1)/P n / beta`` busy and no reduction."""
+        return self._half(nbytes, ranks, 0.0)
+
+    def _half(self, nbytes, ranks, gamma):
+        if ranks <= 1 or nbytes <= 0:
+            return 0.0, 0.0
+        busy = (ranks - 1) / ranks * nbytes * (1 / self.beta + gamma)
+        steps = {'ring': ranks - 1, 'recursive-doubling': math.ceil(math.log2(ranks)),
+                 'rabenseifner': math.ceil(math.log2(ranks))}
+        options = [(steps[name] * self.alpha, busy) for name in steps
+                   if self.algorithm in ('auto', name)]
+        return min(options, key=sum)
 
     def with_(self, **changes):
         return replace(self, **changes)

@@ -31,14 +31,14 @@ strategies' waits are exactly those of ``layerasync.strategies`` (see
 """
 import heapq
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..strategies import known, parse_strategy
 
 __all__ = ['Plan', 'Link', 'iteration_ends', 'steady_iteration', 'modelled_strategy', 'MODELLED']
 
 # The strategies this model plays; the parameter servers are not modelled.
-MODELLED = ('sync', 'layerwise', 'async-layerwise', 'delayed')
+MODELLED = ('sync', 'layerwise', 'async-layerwise', 'delayed', 'sharded')
 
 
 @dataclass
@@ -49,6 +49,9 @@ class Plan:
     chunk c keeps the link busy ``chunk_busy_s[c]`` and completes
     ``chunk_latency_s[c]`` later (default: no latency). ``hook_s``: compute
     time of one strategy hook that posts or progresses communication.
+    ``scatter_parts`` / ``gather_parts``: (latency, busy) of each chunk's
+    reduce-scatter and all-gather, for ``sharded`` (see ``sharded()``), whose
+    updates cover 1/``ranks`` of each layer.
     """
     forward_s: list
     backward_s: list
@@ -61,6 +64,9 @@ class Plan:
     priority: bool = True
     round_s: float = 0.0
     hook_s: float = 0.0
+    scatter_parts: list = None
+    gather_parts: list = None
+    ranks: int = 1
 
     def __post_init__(self):
         if self.chunk_latency_s is None:
@@ -81,6 +87,27 @@ class Plan:
             link.ready(bucket.chunks, 0, 0.0)
         done = link.wait(lambda: all(link.is_done(b.chunks, 0) for b in self.buckets), 0.0)
         return done + (self.round_s if self.priority else 0.0)   # the agreement round
+
+
+    def sharded(self):
+        """The plan ``sharded`` plays, as its communicator cuts it: chunks
+        0..n-1 reduce-scatter the gradient, n..2n-1 all-gather the weights,
+        with the same priorities (buckets likewise: B gradient buckets, then
+        their B gathers)."""
+        from ..comm.buckets import Bucket, Chunk
+        if self.scatter_parts is None or self.gather_parts is None:
+            raise ValueError('this plan has no reduce-scatter and all-gather costs '
+                             '(make_plan gives them)')
+        n, nb = len(self.chunks), len(self.buckets)
+        gathers = [Chunk(n + c.index, nb + c.bucket, c.start, c.stop, c.priority)
+                   for c in self.chunks]
+        gather_buckets = [Bucket(nb + b.index, b.layers, b.start, b.stop, b.priority,
+                                 [n + c for c in b.chunks]) for b in self.buckets]
+        parts = list(self.scatter_parts) + list(self.gather_parts)
+        return replace(self, buckets=self.buckets + gather_buckets, chunks=self.chunks + gathers,
+                       chunk_busy_s=[busy for _, busy in parts],
+                       chunk_latency_s=[latency for latency, _ in parts],
+                       update_s=[u / self.ranks for u in self.update_s])
 
 
 def modelled_strategy(spec):
@@ -176,9 +203,12 @@ def iteration_ends(plan, strategy, iterations):
     they finish (``lazy``); ``async-layerwise`` waits for bucket b of iteration
     t-1 and updates it just before the forward of its first layer in
     iteration t; ``delayed:K`` posts like ``layerwise`` and at the end of t
-    waits for all of g(t-K) and updates (nothing for t < K).
+    waits for all of g(t-K) and updates (nothing for t < K); ``sharded``: see
+    ``_sharded_ends``.
     """
     kind, argument = modelled_strategy(strategy)
+    if kind == 'sharded':
+        return _sharded_ends(plan, iterations)
     p, link = plan, Link(plan)
     buckets = p.buckets
     needed_by = {b.priority: b.index for b in buckets}
@@ -224,6 +254,58 @@ def iteration_ends(plan, strategy, iterations):
                 pending.remove(b)
         elif kind == 'delayed' and it >= argument:
             t = wait_buckets(everything, it - argument, t) + update(everything)
+        ends.append(t)
+    return ends
+
+
+def _sharded_ends(plan, iterations):
+    """``iteration_ends`` of ``sharded`` (``strategies.sharded``): backward posts
+    each bucket's reduce-scatter when it completes the bucket; from the end of
+    the iteration on, at every hook, the shards whose reduce-scatter is done
+    are updated in forward order (1/P of their layers' update each) and their
+    all-gathers posted; the forward of a bucket's first layer first updates
+    the shards due before it (waiting for their reduce-scatters), then waits
+    for its gather."""
+    p = plan.sharded()
+    link, buckets, nb = Link(p), p.buckets, len(plan.buckets)
+    needed_by = {b.priority: b.index for b in buckets[:nb]}
+    trigger = {b.layers[-1]: b.index for b in buckets[:nb]}
+    order = sorted(range(nb), key=lambda b: buckets[b].priority)
+    due, t, ends = deque(), 0.0, []
+
+    def scattered(b, generation):
+        return link.is_done(buckets[b].chunks, generation)
+
+    def update_and_gather(b, generation, t):
+        t += sum(p.update_s[layer] for layer in buckets[b].layers)
+        link.ready(buckets[nb + b].chunks, generation, t)
+        return t
+
+    def advance(generation, t):
+        link.advance(t)
+        while due and scattered(due[0], generation):
+            t = update_and_gather(due.popleft(), generation, t)
+        return t
+
+    for it in range(iterations):
+        for layer, cost in enumerate(p.forward_s):
+            if it > 0:
+                t = advance(it - 1, t)
+                if layer in needed_by:
+                    b = needed_by[layer]
+                    while b in due:
+                        head = due.popleft()
+                        t = link.wait(lambda: scattered(head, it - 1), t)
+                        t = update_and_gather(head, it - 1, t)
+                    t = advance(it - 1, t)   # the gathers already possible queue up behind
+                    t = link.wait(lambda: link.is_done(buckets[nb + b].chunks, it - 1), t)
+            t += p.hook_s + cost
+        for layer in reversed(range(len(p.backward_s))):
+            t += p.backward_s[layer] + p.hook_s
+            if layer in trigger:
+                link.ready(buckets[trigger[layer]].chunks, it, t)
+        due = deque(order)
+        t = advance(it, t)
         ends.append(t)
     return ends
 

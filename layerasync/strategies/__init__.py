@@ -59,6 +59,7 @@ STRATEGIES = {
     'async-layerwise': _Entry('strategies.async_layerwise', 'AsyncLayerwise', _no_argument,
                               'async-layerwise'),
     'delayed': _Entry('strategies.delayed', 'Delayed', _delay, 'delayed:K'),
+    'sharded': _Entry('strategies.sharded', 'Sharded', _no_argument, 'sharded'),
     'ps-sync': _Entry('ps.worker', 'PsSync', _no_argument, 'ps-sync'),
     'ps-async': _Entry('ps.worker', 'PsAsync', _no_argument, 'ps-async'),
 }

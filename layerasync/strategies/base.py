@@ -71,8 +71,16 @@ class Strategy:
         """Drain in-flight work so every weight is current (before snapshot/test/exit)."""
 
     def state_dict(self):
-        """Arrays to store with a snapshot (in-flight gradients); names -> arrays."""
+        """Rank 0, before it writes a snapshot: arrays to store with it (in-flight
+        gradients); names -> arrays."""
         return {}
+
+    def gather_state(self):
+        """Collective, before a snapshot (after ``finish()``): the solver's
+        histories as whole arena-shaped arrays at rank 0 when the strategy keeps
+        them elsewhere (``sharded``: each rank holds its shard); None where the
+        solver's own ``history`` is the state."""
+        return None
 
     def load_state_dict(self, state):
         """Restore what ``state_dict`` returned."""
@@ -129,14 +137,18 @@ class AllreduceStrategy(Strategy):
         self.buckets = []
         self.trigger = {}
         if mpi_comm is not None:
-            from ..comm.mpi import Communicator
-            self.comm = Communicator(mpi_comm, self.buffers, list(arena.segments.items()),
-                                     trace=trace, **comm_settings)
+            self.comm = self.communicator(mpi_comm, trace, comm_settings)
             self.control = self.comm.control
-            self.buckets = self.comm.buckets
+            self.buckets = self.comm.gradient_buckets
             # A bucket is complete once its last layer in backward order is.
             self.trigger = {b.layers[-1]: b.index for b in self.buckets}
         self.grad_scale = 1.0 / self.size
+
+    def communicator(self, mpi_comm, trace, comm_settings):
+        """The gradient communicator over ``mpi_comm`` (collective)."""
+        from ..comm.mpi import Communicator
+        return Communicator(mpi_comm, self.buffers, list(self.net.arena.segments.items()),
+                            trace=trace, **comm_settings)
 
     # -- hooks ------------------------------------------------------------
     def before_forward(self, i):
