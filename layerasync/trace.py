@@ -99,7 +99,10 @@ class _LinkSampler:
             known = ', '.join(sorted(os.listdir('/sys/class/net')))
             raise ValueError(f"no network device '{device}' to sample here ({e.strerror}: "
                              f'{folder}); name one of {known}') from None
-        self.device, self.interval, self.samples = device, interval, []
+        self.device, self.interval = device, interval
+        # A sample when sampling starts and one when it stops: every span traced
+        # in between lies within the samples, however starved the thread was.
+        self.samples = [self._read()]
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name='layerasync-link')
         self._thread.start()
@@ -114,6 +117,7 @@ class _LinkSampler:
     def stop(self):
         self._done.set()
         self._thread.join()
+        self.samples.append(self._read())
         for fd in self._fds:
             os.close(fd)
         return self.samples
