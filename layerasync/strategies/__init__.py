@@ -45,6 +45,33 @@ def _delay(name, argument):
     return int(argument)
 
 
+class Outer(NamedTuple):
+    """``local-sgd``'s outer optimizer: its rule, learning rate and momentum."""
+    rule: str
+    lr: float
+    momentum: float
+
+
+# DiLoCo's outer Nesterov momentum (Douillard et al. 2023, their defaults).
+OUTER_RULES = {'nesterov': Outer('nesterov', 0.7, 0.9)}
+
+
+def _local_sgd(name, argument):
+    """``'4'`` -> (4, None); ``'4+outer=nesterov'`` -> (4, the Outer rule)."""
+    spelling = f'local-sgd:{argument}' if argument is not None else 'local-sgd'
+    period, _, option = (argument or '').partition('+')
+    if not period.isdigit() or int(period) < 1:
+        raise ValueError(f"local-sgd:H needs a period H >= 1 (e.g. local-sgd:4), got '{spelling}'")
+    outer = None
+    if option:
+        key, _, rule = option.partition('=')
+        if key != 'outer' or rule not in OUTER_RULES:
+            raise ValueError(f"'{spelling}': the only option is +outer=RULE, RULE one of "
+                             f"{', '.join(OUTER_RULES)} (e.g. local-sgd:4+outer=nesterov)")
+        outer = OUTER_RULES[rule]
+    return int(period), outer
+
+
 class _Entry(NamedTuple):
     module: str          # below the layerasync package, imported when the strategy is built
     cls: str
@@ -60,6 +87,8 @@ STRATEGIES = {
                               'async-layerwise'),
     'delayed': _Entry('strategies.delayed', 'Delayed', _delay, 'delayed:K'),
     'sharded': _Entry('strategies.sharded', 'Sharded', _no_argument, 'sharded'),
+    'local-sgd': _Entry('strategies.local_sgd', 'LocalSGD', _local_sgd,
+                        'local-sgd:H[+outer=nesterov]'),
     'ps-sync': _Entry('ps.worker', 'PsSync', _no_argument, 'ps-sync'),
     'ps-async': _Entry('ps.worker', 'PsAsync', _no_argument, 'ps-async'),
 }
@@ -74,7 +103,8 @@ def parse_argument(name, argument):
     """The value of strategy ``name``'s argument (the text after the colon, or None).
 
     ``layerwise``: its apply order (default ``'all'``); ``delayed``: K, an int
-    >= 1; the others take none (None). ValueError saying what is wrong.
+    >= 1; ``local-sgd``: (H, its ``Outer`` optimizer or None); the others take
+    none (None). ValueError saying what is wrong.
     """
     return STRATEGIES[name].parse(name, argument)
 

@@ -225,6 +225,46 @@ def test_sharded_clips_by_the_global_norm(comm):
     assert not np.allclose(weights, train('lenet', 'sync', comm, 2, iters=6), rtol=1e-3)
 
 
+def test_local_sgd_every_step_is_sync(comm):
+    """local-sgd:1 averages the weights after each step: sync's iterates for SGD
+    with momentum, to rounding (bit for bit on one rank)."""
+    weights = train('lenet', 'local-sgd:1', comm, 2, chunk_bytes=65536)
+    same_on_all_ranks(comm, weights)
+    on_mpi, _ = reference(comm)
+    if comm.size == 1:
+        np.testing.assert_array_equal(weights, on_mpi)
+    assert_close_per_blob('lenet', weights, on_mpi)
+
+
+def test_local_sgd_averages_every_h_steps(comm):
+    """H = 4: the ranks agree after 20 = 5 H iterations, not with sync (but for
+    one rank); the outer Nesterov step of an averaging point is DiLoCo's
+    w0 - 0.7 (d + 0.9 d) with d = w0 - (the average), v starting at 0."""
+    weights = train('lenet', 'local-sgd:4', comm, 2)
+    same_on_all_ranks(comm, weights)
+    on_mpi, _ = reference(comm)
+    if comm.size == 1:
+        np.testing.assert_array_equal(weights, on_mpi)
+    else:
+        assert not np.allclose(weights, on_mpi, rtol=1e-4, atol=1e-6)
+    start = train('lenet', 'sync', comm, 2, iters=0)
+    average = train('lenet', 'local-sgd:4', comm, 2, iters=4)
+    outer = train('lenet', 'local-sgd:4+outer=nesterov', comm, 2, iters=4)
+    same_on_all_ranks(comm, outer)
+    d = start.astype(np.float64) - average
+    np.testing.assert_allclose(outer, start - 0.7 * (d + 0.9 * d), rtol=1e-5, atol=1e-7)
+
+
+def test_local_sgd_names_a_bad_period():
+    from layerasync.strategies import parse_strategy
+    for bad, message in [('local-sgd', 'local-sgd:H needs a period H >= 1'),
+                         ('local-sgd:0', 'local-sgd:H needs a period H >= 1'),
+                         ('local-sgd:2+outer=adam', 'the only option is \\+outer=RULE')]:
+        with pytest.raises(ValueError, match=message):
+            parse_strategy(bad)
+    assert parse_strategy('local-sgd:3')[1][0] == 3
+
+
 def stale_sgd(model, batch, delay, iters, momentum):
     """An independent single-process SGD whose step at t applies the gradient of t - delay."""
     solver = make_solver(model, batch, solver_extra=f'momentum: {momentum}')
