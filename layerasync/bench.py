@@ -95,6 +95,7 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
         replay(solver.net)
     keys = ['compute', 'comm'] + names
     samples = {key: [] for key in keys}
+    sent = {}   # row -> bytes this rank sent per iteration (ring-equivalent), where known
     try:
         for r in range(rounds + 1):   # round 0 warms up (Numba, caches, MPI connections)
             n = warmup if r == 0 else iterations
@@ -107,7 +108,7 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
                                                                 control.barrier),
                                      servers, staleness if key == 'ps-async' else None)
                     if not serving:
-                        timings[key] = seconds
+                        timings[key], sent[key] = seconds
                     continue
                 if serving:
                     continue
@@ -116,8 +117,9 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
                                         None if key == 'compute' else group,
                                         **({} if key == 'compute' else comm_settings))
                 try:
-                    timings[key] = _time_row(strategy, n, _time_allreduce if key == 'comm'
-                                             else _time_iterations, control.barrier)
+                    timings[key], sent[key] = _time_row(
+                        strategy, n, _time_allreduce if key == 'comm' else _time_iterations,
+                        control.barrier)
                 finally:
                     strategy.close()
             if r > 0:
@@ -133,21 +135,31 @@ def run_bench(world, model, batch=None, strategies=','.join(DEFAULT_STRATEGIES),
         watch.close()
         if servers:
             group.Free()
-    return _rows(samples, names, model, solver, workers, servers, comm_settings)
+    return _rows(samples, names, model, solver, workers, servers, comm_settings, sent)
 
 
 def _time_row(strategy, iterations, measure, barrier):
     """Start ``strategy`` and time ``iterations`` of ``measure`` under it (after
     two untimed ones), as the trainer runs: with its progress hook set.
-    ``barrier`` (over the timed ranks) aligns them before each timing."""
+    ``barrier`` (over the timed ranks) aligns them before each timing.
+    Returns (seconds per iteration, bytes sent per iteration or None where the
+    strategy does not count them)."""
     net = strategy.solver.net
     try:
         strategy.start()
         net.set_progress(strategy.progress_hook())
         measure(strategy, 2, barrier)
-        return measure(strategy, iterations, barrier)
+        before = _sent_bytes(strategy)
+        seconds = measure(strategy, iterations, barrier)
+        after = _sent_bytes(strategy)
+        return seconds, None if after is None else (after - before) / iterations
     finally:
         net.set_progress(None)
+
+
+def _sent_bytes(strategy):
+    """What ``strategy``'s gradient communicator has sent so far (None: it has none)."""
+    return getattr(strategy.comm, 'sent_bytes', None) if strategy.comm is not None else None
 
 
 def _time_iterations(strategy, iterations, barrier):
@@ -169,7 +181,7 @@ def _time_allreduce(strategy, iterations, barrier):
     return (time.perf_counter() - start) / iterations
 
 
-def _rows(samples, names, model, solver, size, servers, comm_settings):
+def _rows(samples, names, model, solver, size, servers, comm_settings, sent=None):
     med = {k: statistics.median(v) for k, v in samples.items()}
     compute, comm = med['compute'], med['comm']
     rows = []
@@ -180,6 +192,7 @@ def _rows(samples, names, model, solver, size, servers, comm_settings):
                'row': key, 'ms_per_iter': 1e3 * t, 'iters_per_s': 1 / t,
                'spread': (max(samples[key]) - min(samples[key])) / t,
                'compute_ms': 1e3 * compute, 'comm_ms': 1e3 * comm,
+               'sent_mb': '' if (sent or {}).get(key) is None else sent[key] / 1e6,
                'overlap': '', 'vs_bound': '', 'vs_sync': ''}
         if key in names and key not in ps.NAMES:
             row['overlap'] = min(1.0, max(0.0, (compute + comm - t) / comm)) if comm > 0 else ''
@@ -191,17 +204,19 @@ def _rows(samples, names, model, solver, size, servers, comm_settings):
 
 
 def format_rows(rows):
-    head = f"{'':<20} {'ms/iter':>9} {'iter/s':>8} {'spread':>7} {'overlap':>8} {'/bound':>7} {'/sync':>6}"
+    head = (f"{'':<20} {'ms/iter':>9} {'iter/s':>8} {'spread':>7} {'overlap':>8} {'/bound':>7} "
+            f"{'/sync':>6} {'MB sent':>8}")
     lines = [head]
     for r in rows:
         def f(key, fmt):
             return format(r[key], fmt) if r[key] != '' else ''
         lines.append(f"{r['row']:<20} {r['ms_per_iter']:>9.2f} {r['iters_per_s']:>8.2f} "
                      f"{r['spread']:>7.1%} {f('overlap', '.0%'):>8} {f('vs_bound', '.3f'):>7} "
-                     f"{f('vs_sync', '.3f'):>6}")
+                     f"{f('vs_sync', '.3f'):>6} {f('sent_mb', '.2f'):>8}")
     r = rows[0]
     lines.append(f"compute-only {r['compute_ms']:.2f} ms, allreduce of all gradients alone "
-                 f"{r['comm_ms']:.2f} ms; {r['ranks']} ranks, batch {r['batch']} per rank")
+                 f"{r['comm_ms']:.2f} ms; {r['ranks']} ranks, batch {r['batch']} per rank; "
+                 'MB sent: per rank and iteration, as the ring algorithms send')
     servers = max(row['servers'] for row in rows)
     if servers:
         lines.append(f'the ps-* rows train the same {r["ranks"]} workers on {servers} more '

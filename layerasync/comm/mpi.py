@@ -81,6 +81,9 @@ class Communicator:
                               max_in_flight=max_in_flight, priority=priority, progress=progress)
         self.trace = trace
         self.requests, self.keys, self.posted_at = [], [], {}
+        # Bytes this rank has sent, as the ring algorithms send them (MPI may
+        # choose others; the link counters of the emulated cluster measure).
+        self.sent_bytes = 0.0
         self.round_req = self.round_send = self.round_recv = None
         self.generation = np.zeros(len(self.buckets), np.int64)  # posts per bucket here
         self.buffer_of = {}   # (bucket, generation) -> [buffer index, chunks not yet posted]
@@ -274,10 +277,16 @@ class Communicator:
             self.requests.append(self._start(chunk, self.buffers[entry[0]]))
             self.keys.append((c, g))
             self.posted_at[c, g] = now
+            self.sent_bytes += self._wire_bytes(chunk)
 
     def _start(self, chunk, buffer):
         """Post ``chunk``'s collective on ``buffer``; its request."""
         return self.data_comm.Iallreduce(MPI.IN_PLACE, buffer[chunk.start:chunk.stop], op=MPI.SUM)
+
+    def _wire_bytes(self, chunk):
+        """What this rank sends for ``chunk``'s collective with the bandwidth-optimal
+        (ring) algorithm: 2(P-1)/P of an allreduce's bytes."""
+        return 2 * (self.size - 1) / self.size * (chunk.stop - chunk.start) * self.buffers[0].itemsize
 
     def _span_name(self, chunk):
         return f'allreduce b{chunk.bucket}.{chunk.index}'

@@ -92,6 +92,10 @@ class ShardedCommunicator(Communicator):
         return self.data_comm.Iallgatherv(MPI.IN_PLACE,
                                           [buffer[chunk.start:chunk.stop], (counts, displs)])
 
+    def _wire_bytes(self, chunk):
+        """A reduce-scatter or an all-gather by the ring: (P-1)/P of the chunk."""
+        return (self.size - 1) / self.size * (chunk.stop - chunk.start) * self.buffers[0].itemsize
+
     def _span_name(self, chunk):
         if chunk.index < self._gradient_chunks:
             return f'reduce-scatter b{chunk.bucket}.{chunk.index}'

@@ -394,7 +394,7 @@ def test_bench_rows_follow_their_definitions(comm):
     rank; at one rank the allreduce alone costs next to nothing. (No assertion compares
     measured times with each other beyond that: the machine may be shared.)"""
     from layerasync.bench import format_rows, run_bench
-    names = ['sync', 'async-layerwise', 'delayed:1']
+    names = ['sync', 'async-layerwise', 'delayed:1', 'sharded', 'local-sgd:2']
     rows = run_bench(comm, 'lenet', batch=2, strategies=','.join(names), iterations=2, warmup=1,
                      rounds=3, log=lambda *a: None, chunk_bytes=65536)
     assert comm.allgather(rows) == [rows] * comm.size, 'ranks report different rows'
@@ -416,6 +416,14 @@ def test_bench_rows_follow_their_definitions(comm):
                 (where, r['overlap'], hidden)
         else:
             assert (r['overlap'], r['vs_bound'], r['vs_sync']) == ('', '', ''), where
+    # Bytes sent: an allreduce of every gradient per iteration (a reduce-scatter
+    # and an all-gather for sharded, the same bytes), half of one for local-sgd:2.
+    solver = make_solver('lenet', 1)
+    allreduce = 2 * (comm.size - 1) / comm.size * solver.net.arena.data.nbytes / 1e6
+    solver.close()
+    expected = {'compute': '', 'local-sgd:2': pytest.approx(allreduce / 2)}
+    for r in rows:
+        assert r['sent_mb'] == expected.get(r['row'], pytest.approx(allreduce)), r['row']
     if comm.size == 1:   # "allreduce" of one rank: a loop over chunks that move nothing
         assert comm_ms < 0.5 * compute, (comm_ms, compute)
     table = format_rows(rows)
