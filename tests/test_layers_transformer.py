@@ -317,9 +317,18 @@ def attention_reference(x, blobs, heads, causal):
     return out @ w_out.T + b_out
 
 
+@pytest.fixture(params=[64, 2], ids=['one-block', 'blocks-of-2'])
+def block(request, monkeypatch):
+    """Causal attention skips the score blocks above the diagonal: T = 5 is one
+    block of the layer's 64, or blocks of 2 (uneven: 2, 2, 1)."""
+    from layerasync.layers.transformer import MultiHeadAttention
+    monkeypatch.setattr(MultiHeadAttention, 'BLOCK', request.param)
+    return request.param
+
+
 @pytest.mark.parametrize('heads', [1, 2, 4])
 @pytest.mark.parametrize('causal', [False, True])
-def test_attention_forward_and_gradient(heads, causal):
+def test_attention_forward_and_gradient(heads, causal, block):
     x = normal(2, 5, 8)
     layer, _, top = run_layer(attention(heads, causal), [x])
     assert [b.shape for b in layer.blobs] == [(24, 8), (24,), (8, 8), (8,)]
@@ -334,7 +343,7 @@ def test_attention_forward_and_gradient(heads, causal):
 
 
 @pytest.mark.parametrize('causal', [False, True])
-def test_attention_gradient_with_dropout(causal):
+def test_attention_gradient_with_dropout(causal, block):
     check_gradient(attention(2, causal, dropout=0.3), [normal(2, 4, 4)], max_checks=40)
 
 
@@ -436,6 +445,18 @@ def test_attention_features_fixed_at_setup():
 
 
 # -- attention dropout, keyed by sample ------------------------------------------------------
+
+def test_attention_softmax_ignores_what_the_mask_hides():
+    """float32 rows of 40 (longer than a vector; rows end mid-vector): whatever
+    lies above the diagonal, NaN and infinities included, the result is the
+    softmax of the visible scores and 0 elsewhere."""
+    scores = np.random.default_rng(3).normal(size=(3, 40, 40)).astype(np.float32)
+    hidden = np.triu(np.ones((40, 40), bool), 1)
+    expected = softmax(np.where(hidden, -np.inf, scores.astype(np.float64) * 0.5))
+    scores[:, hidden] = np.resize(np.float32([np.nan, np.inf, -np.inf, 1e30]), hidden.sum())
+    K.attention_softmax(scores, np.float32(0.5), True)
+    np.testing.assert_allclose(scores, expected, rtol=2e-6, atol=1e-7)
+
 
 def attention_run(x, first, ratio=0.5, seed=0, causal=False, phase='TRAIN', dtype=np.float64):
     """An attention layer (same weights every time) run forward on ``x``,

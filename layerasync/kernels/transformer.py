@@ -367,25 +367,35 @@ def embed_backward(ids, top_diff, weight_diff):
 def attention_softmax(scores, scale, causal):
     """In place, the softmax over the last axis of ``scale * scores`` for
     ``scores`` ``(B, T, S)``; with ``causal``, row i keeps columns ``j <= i``
-    and the others become 0. The sums are float64."""
+    and the others become 0; what the masked entries held before does not
+    matter (it may be anything: it is read, never used). The sums are float64."""
     batch, t, s = scores.shape
+    lowest = scores.dtype.type(-np.inf)
+    nothing = scores.dtype.type(0)
     for b in range(batch):
         for i in range(t):
             row = scores[b, i]
             n = min(i + 1, s) if causal else s
-            m = row[0] * scale
-            for j in range(1, n):
-                v = row[j] * scale
+            # A causal row's loops run to a whole number of vectors (the
+            # entries past n only selected away), so that no scalar remainder
+            # loop runs: rows are short here, and that remainder cost as much
+            # as the vector part.
+            whole = min(s, (n + 15) & ~15)
+            m = lowest
+            for j in range(whole):
+                v = row[j] if j < n else lowest
                 m = v if v > m else m
+            m = m * scale
             total = 0.0
-            for j in range(n):
+            for j in range(whole):
                 e = fast_exp(row[j] * scale - m)
+                e = e if j < n else nothing
                 row[j] = e
                 total += e
-            inv = 1.0 / total
-            for j in range(n):
+            inv = scores.dtype.type(1.0 / total)
+            for j in range(whole):
                 row[j] = row[j] * inv
-            for j in range(n, s):
+            for j in range(whole, s):
                 row[j] = 0
 
 

@@ -353,6 +353,22 @@ class MultiHeadAttention(Layer):
         if self.progress is not None:
             self.progress()
 
+    # Causal attention computes the scores block by block, skipping the blocks
+    # above the diagonal, which the mask hides: for T = 128, 3/4 of the products.
+    BLOCK = 64
+
+    def _blocks(self, t, by_key=False):
+        """(query rows, key columns) slices covering every visible score: all of
+        them without ``causal``; with it, blocks of ``BLOCK`` rows, each with
+        the keys up to its last row (``by_key``: blocks of ``BLOCK`` keys, each
+        with the rows from its first key on)."""
+        if not self.causal or t <= self.BLOCK:
+            return [(slice(0, t), slice(0, t))]
+        cuts = list(range(0, t, self.BLOCK)) + [t]
+        if by_key:
+            return [(slice(a, t), slice(a, b)) for a, b in zip(cuts, cuts[1:])]
+        return [(slice(a, b), slice(0, b)) for a, b in zip(cuts, cuts[1:])]
+
     def forward(self, bottom, top):
         self._check_shape(bottom)
         n, t, d = self.shape
@@ -364,16 +380,19 @@ class MultiHeadAttention(Layer):
         out = self._split(self.attended)
         if self.dropout:
             first = self.batch.first_position(self, n)
+        blocks = self._blocks(t)
         for i in range(n):
             self._progress()
             probs = self.probs[i]
-            np.matmul(q[i], k[i].transpose(0, 2, 1), out=probs)
-            K.attention_softmax(probs, self.scale, self.causal)
+            for rows, keys in blocks:   # the scores a query can see
+                np.matmul(q[i][:, rows], k[i][:, keys].transpose(0, 2, 1), out=probs[:, rows, keys])
+            K.attention_softmax(probs, self.scale, self.causal)   # zero where masked
             if self.dropout:
                 K.attention_dropout(probs, self.key, first + i, self.threshold, self.keep_scale,
                                     self.causal, self.dropped[i])
                 probs = self.dropped[i]
-            np.matmul(probs, v[i], out=out[i])
+            for rows, keys in blocks:
+                np.matmul(probs[:, rows, keys], v[i][:, keys], out=out[i][:, rows])
         self._progress()
         y = top[0].data.reshape(n * t, d)
         np.matmul(self.attended.reshape(n * t, d), w_out.T, out=y)
@@ -400,15 +419,22 @@ class MultiHeadAttention(Layer):
         dq, dk, dv = self._heads(self.d_qkv)
         d_out = self._split(self.d_attended)
         work = self.work
+        blocks, columns = self._blocks(t), self._blocks(t, by_key=True)
         for i in range(n):
             self._progress()
             used = self.dropped[i] if self.dropout else self.probs[i]
-            np.matmul(d_out[i], v[i].transpose(0, 2, 1), out=work)   # d(used)
-            np.matmul(used.transpose(0, 2, 1), d_out[i], out=dv[i])
+            for rows, keys in blocks:   # d(used), where a query sees a key
+                np.matmul(d_out[i][:, rows], v[i][:, keys].transpose(0, 2, 1),
+                          out=work[:, rows, keys])
+            for rows, keys in columns:   # the queries that see each block of keys
+                np.matmul(used[:, rows, keys].transpose(0, 2, 1), d_out[i][:, rows],
+                          out=dv[i][:, keys])
             K.attention_softmax_backward(self.probs[i], self.dropped[i] if self.dropout else None,
-                                         work, self.scale, self.causal)   # d(scores)
-            np.matmul(work, k[i], out=dq[i])
-            np.matmul(work.transpose(0, 2, 1), q[i], out=dk[i])
+                                         work, self.scale, self.causal)   # d(scores), 0 where masked
+            for rows, keys in blocks:
+                np.matmul(work[:, rows, keys], k[i][:, keys], out=dq[i][:, rows])
+            for rows, keys in columns:
+                np.matmul(work[:, rows, keys].transpose(0, 2, 1), q[i][:, rows], out=dk[i][:, keys])
         self._progress()
         d_qkv = self.d_qkv.reshape(nt, 3 * d)
         if want[0]:
