@@ -77,7 +77,7 @@ def _comm_settings(args):
     return dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                 max_in_flight=args.in_flight,
                 priority=SCHEDULERS[args.scheduler],
-                progress=args.progress)
+                progress=args.progress, compress=args.compress)
 
 
 def cmd_train(args):
@@ -323,6 +323,9 @@ def _comm_arguments(p):
                    help='post order: as ready (fifo), or forward priority negotiated among the '
                         'ranks; auto (default): priority where the gradients\' allreduce is '
                         f'estimated at {PRIORITY_ABOVE * 1e3:g} ms or more (a probe at start-up)')
+    g.add_argument('--compress', choices=['fp16', 'bf16'], default=d['compress'],
+                   help='send the gradients as 16-bit floats: half the bytes, lossy (IEEE half '
+                        'with the sum scaled by 1/P, or bfloat16); default: float32')
     g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default=d['progress'],
                    help='who advances in-flight reductions: calls between (and inside long) '
                         'layers, a progress thread, or the MPI library\'s own thread')

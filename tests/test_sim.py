@@ -114,6 +114,16 @@ def test_sharded_by_hand():
     assert steady_iteration(one, 'sharded') == pytest.approx(5)
 
 
+def test_compression_halves_the_allreduce_not_sharded():
+    profile = profile_dict()
+    plain = make_plan(profile, fabric('10gbe'), 4, update_rate=1e9, scheduler='fifo')
+    half = make_plan(profile, fabric('10gbe'), 4, update_rate=1e9, scheduler='fifo', compress='bf16')
+    assert sum(half.chunk_busy_s) == pytest.approx(sum(plain.chunk_busy_s) / 2)
+    assert half.scatter_parts == plain.scatter_parts and half.gather_parts == plain.gather_parts
+    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16"):
+        make_plan(profile, fabric('10gbe'), 4, compress='int8')
+
+
 def test_one_rank_has_no_communication():
     p = plan(**{**TWO, 'busy': 0})
     for strategy in ('sync', 'layerwise:lazy', 'async-layerwise', 'delayed:2'):

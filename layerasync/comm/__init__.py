@@ -37,7 +37,8 @@ __all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS', 'choose_priority', 'PRI
 # delays posts; under priority whatever is posted cannot be overtaken, so
 # fewer chunks in flight let the first layers' gradients through sooner.
 DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=None, priority='auto',
-                progress='poll', spin=None, max_sleep=1e-3)   # spin None: backoff.default_spin()
+                progress='poll', spin=None, max_sleep=1e-3,   # spin None: backoff.default_spin()
+                compress=None)   # or 'fp16', 'bf16': the gradients on the wire (comm.compress)
 
 # 'auto' picks the priority scheduler when the allreduce of all gradients is
 # estimated to take at least this long (seconds). Measured (2 ranks): at 400 ms

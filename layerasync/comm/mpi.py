@@ -24,6 +24,10 @@ pause with ``Backoff`` (spin ``spin`` seconds, then sleep up to
 busy-polls: a rank that waits must leave the core to the peer it waits for
 when ranks outnumber cores (``docs/cluster.md``, "Waiting without spinning").
 
+Compression (``compress``: ``fp16`` or ``bf16``, see ``compress``) packs each
+chunk in place into 16-bit floats before its allreduce and unpacks it when
+the allreduce completes: half the bytes, lossy.
+
 Three duplicated communicators keep the traffic apart, so their collectives
 never have to be ordered against each other: data (chunks), rounds
 (priority negotiation) and control (``self.control``, a ``Control``:
@@ -40,6 +44,7 @@ from . import stall
 from .job import wait_all
 from .backoff import Backoff, default_spin
 from .buckets import make_buckets
+from .compress import make_codec
 from .control import Control
 from .scheduler import Scheduler
 
@@ -61,10 +66,11 @@ class Communicator:
                  chunk_bytes=DEFAULTS['chunk_bytes'], max_in_flight=DEFAULTS['max_in_flight'],
                  priority=DEFAULTS['priority'], progress=DEFAULTS['progress'],
                  spin=DEFAULTS['spin'], max_sleep=DEFAULTS['max_sleep'],
-                 poll_interval=50e-6, trace=None, warn=print):
+                 compress=DEFAULTS['compress'], poll_interval=50e-6, trace=None, warn=print):
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
         self.backoff = Backoff(default_spin() if spin is None else spin, max_sleep)
+        self.codec = make_codec(compress, comm.Get_size())   # refuses an unknown name first
         self.control = Control(comm.Dup())
         self.rank, self.size = self.control.rank, self.control.size
         self.buffers = list(buffers)
@@ -78,9 +84,10 @@ class Communicator:
         max_in_flight = in_flight_for(max_in_flight, priority)
         self.scheduler = Scheduler(self.chunks, max_in_flight, priority)
         self._settings = dict(fusion_bytes=fusion_bytes, chunk_bytes=chunk_bytes,
-                              max_in_flight=max_in_flight, priority=priority, progress=progress)
+                              max_in_flight=max_in_flight, priority=priority, progress=progress,
+                              compress=compress)
         self.trace = trace
-        self.requests, self.keys, self.posted_at = [], [], {}
+        self.requests, self.keys, self.posted_at, self.posted_on = [], [], {}, {}
         # Bytes this rank has sent, as the ring algorithms send them (MPI may
         # choose others; the link counters of the emulated cluster measure).
         self.sent_bytes = 0.0
@@ -117,7 +124,8 @@ class Communicator:
             if k:
                 times.append(time.perf_counter() - start)
         per_item = sorted(times)[len(times) // 2] / scratch.size
-        return self.control.allreduce_mean(per_item * total)
+        ratio = self.codec.wire_ratio if self.codec is not None else 1.0
+        return self.control.allreduce_mean(per_item * total * ratio)
 
     @property
     def settings(self):
@@ -209,6 +217,8 @@ class Communicator:
             self.thread.join()
         for c in (self.data_comm, self.round_comm, self.control.comm):
             c.Free()
+        if self.codec is not None:
+            self.codec.free()
 
     # -- engine ----------------------------------------------------------------
     def _block_until(self, condition, what):
@@ -263,6 +273,10 @@ class Communicator:
         for i in sorted(indices, reverse=True):
             c, g = self.keys.pop(i)
             self.requests.pop(i)
+            buffer = self.posted_on.pop((c, g))
+            if self.codec is not None:
+                chunk = self.chunks[c]
+                self.codec.decode(self.buffers[buffer][chunk.start:chunk.stop])
             self.scheduler.completed(c)
             self._record(c, g, now)
 
@@ -277,16 +291,24 @@ class Communicator:
             self.requests.append(self._start(chunk, self.buffers[entry[0]]))
             self.keys.append((c, g))
             self.posted_at[c, g] = now
+            self.posted_on[c, g] = entry[0]
             self.sent_bytes += self._wire_bytes(chunk)
 
     def _start(self, chunk, buffer):
-        """Post ``chunk``'s collective on ``buffer``; its request."""
-        return self.data_comm.Iallreduce(MPI.IN_PLACE, buffer[chunk.start:chunk.stop], op=MPI.SUM)
+        """Post ``chunk``'s collective on ``buffer``; its request. With a codec
+        the chunk is packed in place and unpacked when it completes."""
+        values = buffer[chunk.start:chunk.stop]
+        if self.codec is not None:
+            return self.data_comm.Iallreduce(MPI.IN_PLACE, self.codec.encode(values),
+                                             op=self.codec.op)
+        return self.data_comm.Iallreduce(MPI.IN_PLACE, values, op=MPI.SUM)
 
     def _wire_bytes(self, chunk):
         """What this rank sends for ``chunk``'s collective with the bandwidth-optimal
         (ring) algorithm: 2(P-1)/P of an allreduce's bytes."""
-        return 2 * (self.size - 1) / self.size * (chunk.stop - chunk.start) * self.buffers[0].itemsize
+        ratio = self.codec.wire_ratio if self.codec is not None else 1.0
+        return (2 * (self.size - 1) / self.size * (chunk.stop - chunk.start)
+                * self.buffers[0].itemsize * ratio)
 
     def _span_name(self, chunk):
         return f'allreduce b{chunk.bucket}.{chunk.index}'

@@ -44,6 +44,10 @@ class ShardedCommunicator(Communicator):
     """
 
     def __init__(self, comm, grad, weights, segments, **settings):
+        if settings.get('compress'):
+            raise ValueError(f"--compress {settings['compress']}: sharded's reduce-scatter is "
+                             'not compressed (compression applies to the gradient allreduce of '
+                             'sync, layerwise, async-layerwise and delayed:K)')
         self._size = comm.Get_size()
         self._rank = comm.Get_rank()
         self.shard_grad = None   # allocated once the parts are known (``_cut``)

@@ -43,6 +43,10 @@ class ParameterServerStrategy(Strategy):
     def __init__(self, solver, mpi_comm=None, argument=None, trace=None, servers=1,
                  staleness=None, **comm_settings):
         super().__init__(solver, mpi_comm, argument, trace)
+        if comm_settings.get('compress'):
+            raise ValueError(f"--compress {comm_settings['compress']}: the parameter servers "
+                             'exchange uncompressed pieces (compression applies to the gradient '
+                             'allreduce of sync, layerwise, async-layerwise and delayed:K)')
         self.staleness = staleness_bound(self.name, staleness)
         check_solver(solver, self.name)
         self.lag = Counter()          # observed staleness -> iterations

@@ -26,10 +26,12 @@ from .model import ALGORITHMS, FABRICS, Network, fabric
 from .schedule import Plan, modelled_strategy, steady_iteration
 
 __all__ = ['load_profile', 'make_plan', 'simulate', 'Result', 'Network', 'fabric', 'FABRICS',
-           'ALGORITHMS', 'DEFAULT_STRATEGIES', 'DEFAULT_SCHEDULER']
+           'ALGORITHMS', 'DEFAULT_STRATEGIES', 'DEFAULT_SCHEDULER', 'WIRE_RATIO']
 
 DEFAULT_SCHEDULER = scheduler_name(DEFAULTS['priority'])   # the trainer's
 ITEMSIZE = 4   # the arenas are float32
+# Bytes on the wire per float32 byte, by --compress (layerasync.comm.compress).
+WIRE_RATIO = {None: 1.0, 'fp16': 0.5, 'bf16': 0.5}
 # The priority scheduler's round vector: two int64 counters per chunk.
 ROUND_BYTES_PER_CHUNK = 16
 
@@ -66,7 +68,7 @@ class Result:
 def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
               chunk_bytes=DEFAULTS['chunk_bytes'], in_flight=DEFAULTS['max_in_flight'],
               scheduler=DEFAULT_SCHEDULER, update_rate=2.5e9, compute_speedup=1.0,
-              hook_overhead=0.0):
+              hook_overhead=0.0, compress=None):
     """The ``schedule.Plan`` of one rank of ``ranks``.
 
     ``update_rate``: parameter bytes per second of the solver update.
@@ -76,8 +78,10 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     ``hook_overhead``: seconds of compute per layer hook that posts or
     progresses communication (the compute thread's share of communication,
     see ``schedule``); measured, not derived — 0 assumes it away.
-    fusion/chunk/in-flight/scheduler mean what ``layerasync train``'s flags do,
-    and default to its defaults.
+    ``compress``: ``fp16`` or ``bf16`` sends each allreduce in half the bytes
+    (``WIRE_RATIO``; the strategies that do not compress, ``sharded`` and
+    ``local-sgd``, are not modelled with it). fusion/chunk/in-flight/scheduler
+    mean what ``layerasync train``'s flags do, and default to its defaults.
     """
     if compute_speedup <= 0:
         raise ValueError(f'compute_speedup must be positive, not {compute_speedup}')
@@ -91,13 +95,15 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     segments = backward_layout({i: layer['param_bytes'] // ITEMSIZE
                                 for i, layer in enumerate(layers)})
     buckets, chunks = make_buckets(segments, fusion_bytes, chunk_bytes, ITEMSIZE)
-    sizes = [(c.stop - c.start) * ITEMSIZE for c in chunks]
+    if compress not in WIRE_RATIO:
+        raise ValueError(f"unknown compression '{compress}'; known: "
+                         f"{', '.join(str(k) for k in WIRE_RATIO if k)}")
+    sizes = [(c.stop - c.start) * ITEMSIZE * WIRE_RATIO[compress] for c in chunks]
     parts = [network.allreduce_parts(n, ranks) for n in sizes]
     # 'auto' decides as the communicator does, on the modelled allreduce of all
     # the gradients where the trainer measures one.
     priority = choose_priority(SCHEDULERS[scheduler],
-                               network.allreduce_time(sum(c.stop - c.start for c in chunks) * ITEMSIZE,
-                                                      ranks) if ranks > 1 else 0.0)
+                               network.allreduce_time(sum(sizes), ranks) if ranks > 1 else 0.0)
     # Rounds are tiny messages: any MPI library reduces them with its
     # latency-optimal algorithm, whatever carries the gradients.
     round_s = (network.with_(algorithm='auto').allreduce_time(
@@ -110,8 +116,11 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                 chunk_latency_s=[latency for latency, _ in parts],
                 in_flight=in_flight_for(in_flight, priority),
                 priority=priority, round_s=round_s, hook_s=hook_overhead if ranks > 1 else 0.0,
-                scatter_parts=[network.reduce_scatter_parts(n, ranks) for n in sizes],
-                gather_parts=[network.allgather_parts(n, ranks) for n in sizes], ranks=ranks)
+                # sharded sends float32 whatever --compress says
+                scatter_parts=[network.reduce_scatter_parts(n / WIRE_RATIO[compress], ranks)
+                               for n in sizes],
+                gather_parts=[network.allgather_parts(n / WIRE_RATIO[compress], ranks)
+                              for n in sizes], ranks=ranks)
 
 
 def simulate(profile, network, ranks, strategies=DEFAULT_STRATEGIES, **settings):

@@ -14,8 +14,8 @@ import math
 from ..bench import write_csv
 from ..comm import DEFAULTS, SCHEDULERS
 from ..units import RATE_SPELLINGS, parse_rate
-from . import (ALGORITHMS, DEFAULT_SCHEDULER, DEFAULT_STRATEGIES, FABRICS, fabric, load_profile,
-               make_plan, simulate)
+from . import (ALGORITHMS, DEFAULT_SCHEDULER, DEFAULT_STRATEGIES, FABRICS, WIRE_RATIO, fabric,
+               load_profile, make_plan, simulate)
 from .calibrate import fit_network, fit_report, load_sweep, measure_update_rate
 from .model import parse_latency
 
@@ -102,6 +102,9 @@ def add_commands(subparsers):
     g.add_argument('--in-flight', type=int, default=DEFAULTS['max_in_flight'], metavar='N',
                    help='at most N chunk reductions in flight (default: as layerasync train, '
                         'by scheduler)')
+    g.add_argument('--compress', choices=[k for k in WIRE_RATIO if k], default=None,
+                   help='gradients on the wire as 16-bit floats: half the bytes of each '
+                        'allreduce (the packing compute is not modelled)')
     g.add_argument('--scheduler', choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER,
                    help='post order: as ready, or forward priority; auto: as layerasync train '
                         'chooses, from the modelled link (default %(default)s)')
@@ -139,7 +142,8 @@ def cmd_sim(args):
     update_rate = args.update_rate or measure_update_rate(profile.get('param_bytes', 0))
     settings = dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                     in_flight=args.in_flight, scheduler=args.scheduler, update_rate=update_rate,
-                    compute_speedup=args.compute_speedup, hook_overhead=hook)
+                    compute_speedup=args.compute_speedup, hook_overhead=hook,
+                    compress=args.compress)
     results = simulate(profile, network, args.ranks, strategies, **settings)
     plan = make_plan(profile, network, 1, **settings)
     megabytes = sum(layer['param_bytes'] for layer in profile['layers']) / 1e6

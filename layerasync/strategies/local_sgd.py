@@ -58,6 +58,10 @@ class LocalSGD(AllreduceStrategy):
 
     def communicator(self, mpi_comm, trace, comm_settings):
         from ..comm.mpi import Communicator
+        if comm_settings.get('compress'):
+            raise ValueError(f"--compress {comm_settings['compress']}: local-sgd averages "
+                             'weights, which are not compressed (compression applies to the '
+                             'gradient allreduce of sync, layerwise, async-layerwise and delayed:K)')
         # Allreduces of the weights: the buckets are over the parameter arena.
         return Communicator(mpi_comm, [self.net.arena.data],
                             list(self.net.arena.segments.items()), trace=trace, **comm_settings)
