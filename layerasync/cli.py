@@ -305,6 +305,15 @@ def _data_arguments(p):
                         '--source mnist-subset for lenet (sources: docs/training.md)')
 
 
+def _compression(text):
+    from .comm import parse_codec
+    try:
+        parse_codec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _comm_arguments(p):
     from .comm import DEFAULTS as d, IN_FLIGHT, PRIORITY_ABOVE, SCHEDULERS, scheduler_name
     g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
@@ -323,9 +332,11 @@ def _comm_arguments(p):
                    help='post order: as ready (fifo), or forward priority negotiated among the '
                         'ranks; auto (default): priority where the gradients\' allreduce is '
                         f'estimated at {PRIORITY_ABOVE * 1e3:g} ms or more (a probe at start-up)')
-    g.add_argument('--compress', choices=['fp16', 'bf16'], default=d['compress'],
-                   help='send the gradients as 16-bit floats: half the bytes, lossy (IEEE half '
-                        'with the sum scaled by 1/P, or bfloat16); default: float32')
+    g.add_argument('--compress', type=_compression, default=d['compress'],
+                   metavar='fp16|bf16|topk:RATIO',
+                   help='compress the gradients on the wire: 16-bit floats (half the bytes; '
+                        'IEEE half with the sum scaled by 1/P, or bfloat16), or the share RATIO '
+                        'of largest entries of each chunk with error feedback; default: float32')
     g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default=d['progress'],
                    help='who advances in-flight reductions: calls between (and inside long) '
                         'layers, a progress thread, or the MPI library\'s own thread')

@@ -51,6 +51,9 @@ def test_bf16_packs_in_place_and_adds_to_nearest_even():
 
 
 def test_unknown_codec_is_named():
-    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16"):
+    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16, topk"):
         C.make_codec('int8', 2)
+    for bad in ('topk', 'topk:0', 'topk:1.5', 'topk:x'):
+        with pytest.raises(ValueError, match='topk:RATIO needs 0 < RATIO <= 1'):
+            C.make_codec(bad, 2)
     assert C.make_codec(None, 2) is None

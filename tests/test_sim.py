@@ -120,7 +120,7 @@ def test_compression_halves_the_allreduce_not_sharded():
     half = make_plan(profile, fabric('10gbe'), 4, update_rate=1e9, scheduler='fifo', compress='bf16')
     assert sum(half.chunk_busy_s) == pytest.approx(sum(plain.chunk_busy_s) / 2)
     assert half.scatter_parts == plain.scatter_parts and half.gather_parts == plain.gather_parts
-    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16"):
+    with pytest.raises(ValueError, match="compression 'int8': the simulator models fp16, bf16"):
         make_plan(profile, fabric('10gbe'), 4, compress='int8')
 
 

@@ -22,7 +22,7 @@ one process without MPI trains.
 """
 import os
 
-__all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS', 'choose_priority', 'PRIORITY_ABOVE',
+__all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS', 'CODECS', 'parse_codec', 'choose_priority', 'PRIORITY_ABOVE',
            'in_flight_for', 'IN_FLIGHT', 'SCHEDULERS', 'scheduler_name']
 
 # Chosen by measurement (docs/results.md, "Choosing the communicator's
@@ -38,7 +38,7 @@ __all__ = ['init_mpi', 'under_mpi_launcher', 'DEFAULTS', 'choose_priority', 'PRI
 # fewer chunks in flight let the first layers' gradients through sooner.
 DEFAULTS = dict(fusion_bytes=65536, chunk_bytes=1 << 20, max_in_flight=None, priority='auto',
                 progress='poll', spin=None, max_sleep=1e-3,   # spin None: backoff.default_spin()
-                compress=None)   # or 'fp16', 'bf16': the gradients on the wire (comm.compress)
+                compress=None)   # or a CODECS spec: the gradients on the wire (comm.compress)
 
 # 'auto' picks the priority scheduler when the allreduce of all gradients is
 # estimated to take at least this long (seconds). Measured (2 ranks): at 400 ms
@@ -57,6 +57,28 @@ def choose_priority(priority, wire_seconds):
     if isinstance(priority, bool):
         return priority
     raise ValueError(f"priority must be True, False or 'auto', not {priority!r}")
+
+
+# --compress (``comm.compress``): how each is written.
+CODECS = ('fp16', 'bf16', 'topk:RATIO')
+
+
+def parse_codec(spec):
+    """``'bf16'`` -> ('bf16', None), ``'topk:0.01'`` -> ('topk', 0.01); ValueError
+    naming what is wrong. (Here, not in ``comm.compress``: parsing needs no MPI.)"""
+    name, _, argument = (spec or '').partition(':')
+    if name in ('fp16', 'bf16') and not argument:
+        return name, None
+    if name == 'topk':
+        try:
+            ratio = float(argument)
+        except ValueError:
+            ratio = None
+        if ratio is None or not 0 < ratio <= 1:
+            raise ValueError(f"compression '{spec}': topk:RATIO needs 0 < RATIO <= 1, the share "
+                             'of each chunk sent (e.g. topk:0.01)')
+        return name, ratio
+    raise ValueError(f"unknown compression '{spec}'; known: {', '.join(CODECS)}")
 
 
 # The --scheduler names and the ``priority`` values they stand for.

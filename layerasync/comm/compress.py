@@ -1,4 +1,5 @@
-"""Gradient compression on the wire: 16-bit floats (``--compress fp16|bf16``).
+"""Gradient compression on the wire: 16-bit floats (``--compress fp16|bf16``)
+and top-k sparsification with error feedback (``--compress topk:RATIO``).
 
 A chunk of float32 gradients is packed *in place* into 16-bit values before
 its allreduce — value i goes to bytes 2i..2i+1 of the chunk's own memory,
@@ -21,11 +22,15 @@ float32 allreduce. Every rank still gets the same bits (the additions are
 commutative), so every strategy computes the iterates of ``sync`` under the
 same compression.
 """
+import math
+
 import numpy as np
 from mpi4py import MPI
 from numba import njit
 
-__all__ = ['CODECS', 'make_codec', 'Half']
+from . import parse_codec
+
+__all__ = ['make_codec', 'Half', 'TopK']
 
 JIT = dict(nogil=True, cache=True)
 
@@ -117,40 +122,111 @@ def _sum_bf16(incoming, into, datatype):
 
 
 class Half:
-    """16-bit floats on the wire: ``fp16`` or ``bf16`` (see the module's text)."""
+    """16-bit floats on the wire: ``fp16`` or ``bf16`` (see the module's text).
+
+    The codec contract, which the communicator drives: ``start(comm, buffer,
+    chunk, key)`` posts chunk ``chunk``'s reduction of ``buffer`` and returns
+    its request; ``finish(buffer, chunk, key)`` leaves the sum over ranks in
+    the chunk's slice once the request completed (``key`` tells in-flight
+    generations apart); ``sent_bytes(count)`` is what a rank sends for a chunk
+    of ``count`` values (as the ring algorithms send); ``residual`` the
+    error-feedback state (None: none).
+    """
+    residual = None
 
     def __init__(self, name, ranks):
         self.name, self.ranks = name, ranks
-        self.wire_ratio = 0.5   # bytes on the wire per float32 byte
         self.scratch = np.empty(BLOCK, np.float32)
         self.op = MPI.Op.Create(_sum_fp16 if name == 'fp16' else _sum_bf16, commute=True)
 
-    def encode(self, values):
-        """Pack float32 ``values`` (a contiguous slice) in place; the MPI buffer to reduce."""
+    def start(self, comm, buffer, chunk, key):
+        values = buffer[chunk.start:chunk.stop]
         if self.name == 'fp16':
             wire = pack_fp16(values, np.float32(1.0 / self.ranks), self.scratch)
         else:
             wire = pack_bf16(values)
-        return [wire, MPI.UINT16_T]
+        return comm.Iallreduce(MPI.IN_PLACE, [wire, MPI.UINT16_T], op=self.op)
 
-    def decode(self, values):
-        """Unpack the reduced 16-bit sum in ``values``' memory back to float32, in place."""
+    def finish(self, buffer, chunk, key):
+        values = buffer[chunk.start:chunk.stop]
         if self.name == 'fp16':
             unpack_fp16(values, np.float32(self.ranks), self.scratch)
         else:
             unpack_bf16(values)
 
+    def sent_bytes(self, count):
+        return 2 * (self.ranks - 1) / self.ranks * count * 2
+
     def free(self):
         self.op.Free()
 
 
-CODECS = ('fp16', 'bf16')
+class TopK:
+    """``topk:RATIO``: each rank sends the k = ceil(RATIO n) largest entries (by
+    magnitude) of each chunk of n, as (index, value) pairs gathered by every
+    rank (``Iallgather``), which adds them up in rank order — the same bits
+    everywhere. Error feedback (Seide et al. 2014; Stich et al. 2018): what a
+    rank did not send stays in its ``residual`` and is added to its next
+    gradient there, so over the iterations every gradient is sent in full.
+    Per rank and chunk it sends (P-1) 8k bytes where the ring allreduce sends
+    2(P-1)/P 4n: a share of P RATIO. RATIO 1 sends everything (the dense sum,
+    added in rank order).
+    """
+
+    def __init__(self, ratio, ranks, size, dtype):
+        self.ratio, self.ranks = ratio, ranks
+        self.residual = np.zeros(size, dtype)   # per rank: the part not sent yet
+        self.pool = {}       # chunk length -> free (send, receive) buffer pairs
+        self.in_flight = {}  # key -> the pair of that post
+
+    def count(self, n):
+        return min(n, max(1, math.ceil(self.ratio * n)))
+
+    def _buffers(self, n):
+        free = self.pool.setdefault(n, [])
+        if free:
+            return free.pop()
+        k = self.count(n)
+        return np.empty((k, 2), np.uint32), np.empty((self.ranks * k, 2), np.uint32)
+
+    def start(self, comm, buffer, chunk, key):
+        n = chunk.stop - chunk.start
+        values, residual = buffer[chunk.start:chunk.stop], self.residual[chunk.start:chunk.stop]
+        residual += values   # what this rank owes: the gradient and what it did not send before
+        k = self.count(n)
+        chosen = (np.arange(n) if k == n else
+                  np.argpartition(np.abs(residual), n - k)[n - k:])
+        chosen.sort()
+        send, receive = self._buffers(n)
+        send[:, 0] = chosen
+        send[:, 1] = residual[chosen].view(np.uint32)
+        residual[chosen] = 0
+        self.in_flight[key] = (send, receive)
+        return comm.Iallgather(send, receive)
+
+    def finish(self, buffer, chunk, key):
+        send, receive = self.in_flight.pop(key)
+        values = buffer[chunk.start:chunk.stop]
+        values[...] = 0
+        k = send.shape[0]
+        for r in range(self.ranks):   # rank order: every rank adds alike
+            pairs = receive[r * k:(r + 1) * k]
+            np.add.at(values, pairs[:, 0].astype(np.intp), pairs[:, 1].view(values.dtype))
+        self.pool[chunk.stop - chunk.start].append((send, receive))
+
+    def sent_bytes(self, count):
+        return (self.ranks - 1) * 8 * self.count(count)
+
+    def free(self):
+        self.pool.clear()
 
 
-def make_codec(name, ranks):
-    """The codec ``name`` (one of ``CODECS``) for ``ranks`` ranks, or None for None."""
-    if name is None:
+def make_codec(spec, ranks, size=0, dtype=np.float32):
+    """The codec ``spec`` (see ``CODECS``) for ``ranks`` ranks and a gradient
+    buffer of ``size`` values, or None for None."""
+    if spec is None:
         return None
-    if name not in CODECS:
-        raise ValueError(f"unknown compression '{name}'; known: {', '.join(CODECS)}")
-    return Half(name, ranks)
+    name, ratio = parse_codec(spec)
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"--compress {spec} packs float32 gradients; these are {np.dtype(dtype)}")
+    return TopK(ratio, ranks, size, dtype) if name == 'topk' else Half(name, ranks)

@@ -41,6 +41,14 @@ class Control:
         buf /= self.size
         return buf if np.ndim(value) else float(buf[0])
 
+    def gather(self, array, root=0):
+        """Every rank's ``array`` (all of one shape and dtype) stacked in rank order
+        at ``root``, ``(P, *shape)``; None elsewhere."""
+        array = np.ascontiguousarray(array)
+        into = np.empty((self.size,) + array.shape, array.dtype) if self.rank == root else None
+        wait_all([self.comm.Igather(array, into, root=root)], 'a gather to rank 0')
+        return into
+
     def barrier(self):
         wait_all([self.comm.Ibarrier()], 'a barrier')
 

@@ -70,7 +70,8 @@ class Communicator:
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
         self.backoff = Backoff(default_spin() if spin is None else spin, max_sleep)
-        self.codec = make_codec(compress, comm.Get_size())   # refuses an unknown name first
+        self.codec = make_codec(compress, comm.Get_size(), buffers[0].size if buffers else 0,
+                                buffers[0].dtype if buffers else np.float32)   # names a bad spec
         self.control = Control(comm.Dup())
         self.rank, self.size = self.control.rank, self.control.size
         self.buffers = list(buffers)
@@ -124,7 +125,9 @@ class Communicator:
             if k:
                 times.append(time.perf_counter() - start)
         per_item = sorted(times)[len(times) // 2] / scratch.size
-        ratio = self.codec.wire_ratio if self.codec is not None else 1.0
+        ratio = 1.0
+        if self.codec is not None and self.size > 1:
+            ratio = self.codec.sent_bytes(total) / (2 * (self.size - 1) / self.size * total * itemsize)
         return self.control.allreduce_mean(per_item * total * ratio)
 
     @property
@@ -275,8 +278,7 @@ class Communicator:
             self.requests.pop(i)
             buffer = self.posted_on.pop((c, g))
             if self.codec is not None:
-                chunk = self.chunks[c]
-                self.codec.decode(self.buffers[buffer][chunk.start:chunk.stop])
+                self.codec.finish(self.buffers[buffer], self.chunks[c], (c, g))
             self.scheduler.completed(c)
             self._record(c, g, now)
 
@@ -288,27 +290,26 @@ class Communicator:
             entry[1] -= 1
             if not entry[1]:   # the bucket's last chunk of this generation
                 del self.buffer_of[chunk.bucket, g]
-            self.requests.append(self._start(chunk, self.buffers[entry[0]]))
+            self.requests.append(self._start(chunk, self.buffers[entry[0]], (c, g)))
             self.keys.append((c, g))
             self.posted_at[c, g] = now
             self.posted_on[c, g] = entry[0]
             self.sent_bytes += self._wire_bytes(chunk)
 
-    def _start(self, chunk, buffer):
-        """Post ``chunk``'s collective on ``buffer``; its request. With a codec
-        the chunk is packed in place and unpacked when it completes."""
-        values = buffer[chunk.start:chunk.stop]
+    def _start(self, chunk, buffer, key):
+        """Post ``chunk``'s collective on ``buffer``; its request. A codec posts
+        its own (``compress``) and finishes it when it completes; ``key`` is
+        the chunk's (index, generation)."""
         if self.codec is not None:
-            return self.data_comm.Iallreduce(MPI.IN_PLACE, self.codec.encode(values),
-                                             op=self.codec.op)
-        return self.data_comm.Iallreduce(MPI.IN_PLACE, values, op=MPI.SUM)
+            return self.codec.start(self.data_comm, buffer, chunk, key)
+        return self.data_comm.Iallreduce(MPI.IN_PLACE, buffer[chunk.start:chunk.stop], op=MPI.SUM)
 
     def _wire_bytes(self, chunk):
         """What this rank sends for ``chunk``'s collective with the bandwidth-optimal
         (ring) algorithm: 2(P-1)/P of an allreduce's bytes."""
-        ratio = self.codec.wire_ratio if self.codec is not None else 1.0
-        return (2 * (self.size - 1) / self.size * (chunk.stop - chunk.start)
-                * self.buffers[0].itemsize * ratio)
+        if self.codec is not None:
+            return self.codec.sent_bytes(chunk.stop - chunk.start)
+        return 2 * (self.size - 1) / self.size * (chunk.stop - chunk.start) * self.buffers[0].itemsize
 
     def _span_name(self, chunk):
         return f'allreduce b{chunk.bucket}.{chunk.index}'

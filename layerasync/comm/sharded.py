@@ -85,7 +85,7 @@ class ShardedCommunicator(Communicator):
         """Block until ``bucket``'s weights are whole here again."""
         self.wait(self._gradient_buckets + bucket)
 
-    def _start(self, chunk, buffer):
+    def _start(self, chunk, buffer, key):
         c = chunk.index % self._gradient_chunks
         counts, displs = self.counts[c], self.displs[c]
         if chunk.index < self._gradient_chunks:

@@ -96,7 +96,7 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                                 for i, layer in enumerate(layers)})
     buckets, chunks = make_buckets(segments, fusion_bytes, chunk_bytes, ITEMSIZE)
     if compress not in WIRE_RATIO:
-        raise ValueError(f"unknown compression '{compress}'; known: "
+        raise ValueError(f"compression '{compress}': the simulator models "
                          f"{', '.join(str(k) for k in WIRE_RATIO if k)}")
     sizes = [(c.stop - c.start) * ITEMSIZE * WIRE_RATIO[compress] for c in chunks]
     parts = [network.allreduce_parts(n, ranks) for n in sizes]

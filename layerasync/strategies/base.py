@@ -198,6 +198,37 @@ class AllreduceStrategy(Strategy):
                 # What is in force (a progress engine that fell back is seen), not what was asked.
                 **(self.comm.settings if self.comm is not None else self.comm_settings)}
 
+    # -- error feedback in snapshots (--compress topk:RATIO) ------------------------
+    def _residual(self):
+        codec = self.comm.codec if self.comm is not None else None
+        return None if codec is None else codec.residual
+
+    def gather_state(self):
+        """Collective: each rank's compression residual (what it has not sent
+        yet) to rank 0, which stores them all with the snapshot (``state_dict``)."""
+        residual = self._residual()
+        if residual is not None:
+            self._gathered = self.control.gather(residual)
+        return None
+
+    def state_dict(self):
+        gathered, self._gathered = getattr(self, '_gathered', None), None
+        if gathered is None:
+            return {}
+        return {f'compress/residual_rank{r}': gathered[r] for r in range(len(gathered))}
+
+    def load_state_dict(self, state):
+        """This rank's residual from a snapshot that holds them (none: zero)."""
+        residual = self._residual()
+        saved = sorted(k for k in state if k.startswith('compress/residual_rank'))
+        if residual is None or not saved:
+            return
+        if len(saved) != self.size:
+            raise ValueError(f'rank {self.rank}: the snapshot holds the compression residuals '
+                             f'of {len(saved)} ranks; this run has {self.size}: resume with as '
+                             'many ranks as the snapshot was taken with')
+        residual[...] = state[f'compress/residual_rank{self.rank}']
+
     def close(self):
         if self.comm is not None:
             self.comm.close()

@@ -76,10 +76,12 @@ class Delayed(AllreduceStrategy):
 
     def state_dict(self):
         self.finish()
-        return {f'delayed/grad_iter{t}': self.buffers[t % self.gradient_sets].copy()
-                for t, _ in self.in_flight}
+        return {**super().state_dict(),
+                **{f'delayed/grad_iter{t}': self.buffers[t % self.gradient_sets].copy()
+                   for t, _ in self.in_flight}}
 
     def load_state_dict(self, state):
+        super().load_state_dict(state)
         saved = sorted(int(k[len('delayed/grad_iter'):]) for k in state
                        if k.startswith('delayed/grad_iter'))
         now = self.solver.iter
