@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from . import bench, models, plot, proto, ps, schema, strategies
+from . import bench, models, plot, proto, ps, schema, strategies, tune
 from ._args import add_compute_arguments, count, layer_types, replayed_compute, seconds
 from ._threads import blas_threads
 from .signals import EFFECTS, Interrupted, SignalEffects
@@ -72,8 +72,25 @@ def _mpi(args, required=None):
                          + (f'; {required}' if required else '')) from None
 
 
+def _apply_settings_file(args):
+    """``--settings FILE`` (written by ``layerasync tune``): its values replace
+    the communication flags left at their defaults; flags given otherwise win."""
+    if not getattr(args, 'settings', None) or getattr(args, '_settings_applied', False):
+        return
+    from .tune import defaults, load_settings
+    try:
+        tuned = load_settings(args.settings)
+    except ValueError as e:
+        raise SystemExit(f'layerasync: --settings {e}') from None
+    for name, value in tuned.items():
+        if getattr(args, name) == defaults()[name]:
+            setattr(args, name, value)
+    args._settings_applied = True
+
+
 def _comm_settings(args):
     from .comm import SCHEDULERS
+    _apply_settings_file(args)
     return dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                 max_in_flight=args.in_flight,
                 priority=SCHEDULERS[args.scheduler],
@@ -332,6 +349,9 @@ def _comm_arguments(p):
                    help='post order: as ready (fifo), or forward priority negotiated among the '
                         'ranks; auto (default): priority where the gradients\' allreduce is '
                         f'estimated at {PRIORITY_ABOVE * 1e3:g} ms or more (a probe at start-up)')
+    g.add_argument('--settings', metavar='FILE.json',
+                   help='communication settings chosen by `layerasync tune`; flags given here '
+                        'win over them')
     g.add_argument('--compress', type=_compression, default=d['compress'],
                    metavar='fp16|bf16|topk:RATIO',
                    help='compress the gradients on the wire: 16-bit floats (half the bytes; '
@@ -403,6 +423,7 @@ def parser():
 
     plot.add_commands(sub)
     bench.add_commands(sub, _comm_arguments, _comm_settings, _mpi)
+    tune.add_commands(sub, _mpi)
     launch_cli.add_commands(sub)
     sim_cli.add_commands(sub)
 
