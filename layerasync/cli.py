@@ -353,10 +353,11 @@ def _comm_arguments(p):
                    help='communication settings chosen by `layerasync tune`; flags given here '
                         'win over them')
     g.add_argument('--compress', type=_compression, default=d['compress'],
-                   metavar='fp16|bf16|topk:RATIO',
+                   metavar='fp16|bf16|topk:RATIO|powersgd:RANK',
                    help='compress the gradients on the wire: 16-bit floats (half the bytes; '
-                        'IEEE half with the sum scaled by 1/P, or bfloat16), or the share RATIO '
-                        'of largest entries of each chunk with error feedback; default: float32')
+                        'IEEE half with the sum scaled by 1/P, or bfloat16), the share RATIO '
+                        'of largest entries of each chunk, or PowerSGD\'s rank-RANK factors '
+                        '(both with error feedback); default: float32')
     g.add_argument('--progress', choices=['poll', 'thread', 'mpi'], default=d['progress'],
                    help='who advances in-flight reductions: calls between (and inside long) '
                         'layers, a progress thread, or the MPI library\'s own thread')

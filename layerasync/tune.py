@@ -173,7 +173,7 @@ def add_commands(subparsers, mpi):
                    help='a value must be this much faster to replace the current one (0.02)')
     p.add_argument('--out', required=True, metavar='FILE.json',
                    help='the settings file to write (train and bench read it with --settings)')
-    p.add_argument('--compress', type=_compression, metavar='fp16|bf16|topk:RATIO',
+    p.add_argument('--compress', type=_compression, metavar='fp16|bf16|topk:RATIO|powersgd:RANK',
                    help='tune under this gradient compression (as train\'s --compress)')
     p.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
     p.set_defaults(progress='poll')   # MPI starts without its own progress thread

@@ -51,9 +51,13 @@ def test_bf16_packs_in_place_and_adds_to_nearest_even():
 
 
 def test_unknown_codec_is_named():
-    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16, topk"):
+    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16, "
+                                         "topk:RATIO, powersgd:RANK"):
         C.make_codec('int8', 2)
     for bad in ('topk', 'topk:0', 'topk:1.5', 'topk:x'):
         with pytest.raises(ValueError, match='topk:RATIO needs 0 < RATIO <= 1'):
+            C.make_codec(bad, 2)
+    for bad in ('powersgd', 'powersgd:0', 'powersgd:2.5'):
+        with pytest.raises(ValueError, match='powersgd:RANK needs a rank >= 1'):
             C.make_codec(bad, 2)
     assert C.make_codec(None, 2) is None

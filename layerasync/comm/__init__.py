@@ -60,15 +60,21 @@ def choose_priority(priority, wire_seconds):
 
 
 # --compress (``comm.compress``): how each is written.
-CODECS = ('fp16', 'bf16', 'topk:RATIO')
+CODECS = ('fp16', 'bf16', 'topk:RATIO', 'powersgd:RANK')
 
 
 def parse_codec(spec):
-    """``'bf16'`` -> ('bf16', None), ``'topk:0.01'`` -> ('topk', 0.01); ValueError
-    naming what is wrong. (Here, not in ``comm.compress``: parsing needs no MPI.)"""
+    """``'bf16'`` -> ('bf16', None), ``'topk:0.01'`` -> ('topk', 0.01),
+    ``'powersgd:4'`` -> ('powersgd', 4); ValueError naming what is wrong. (Here,
+    not in ``comm.compress``: parsing needs no MPI.)"""
     name, _, argument = (spec or '').partition(':')
     if name in ('fp16', 'bf16') and not argument:
         return name, None
+    if name == 'powersgd':
+        if not argument.isdigit() or int(argument) < 1:
+            raise ValueError(f"compression '{spec}': powersgd:RANK needs a rank >= 1, the "
+                             'width of the factors (e.g. powersgd:4)')
+        return name, int(argument)
     if name == 'topk':
         try:
             ratio = float(argument)

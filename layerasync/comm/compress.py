@@ -30,7 +30,7 @@ from numba import njit
 
 from . import parse_codec
 
-__all__ = ['make_codec', 'Half', 'TopK']
+__all__ = ['make_codec', 'Half', 'TopK', 'PowerSGD']
 
 JIT = dict(nogil=True, cache=True)
 
@@ -126,13 +126,20 @@ class Half:
 
     The codec contract, which the communicator drives: ``start(comm, buffer,
     chunk, key)`` posts chunk ``chunk``'s reduction of ``buffer`` and returns
-    its request; ``finish(buffer, chunk, key)`` leaves the sum over ranks in
-    the chunk's slice once the request completed (``key`` tells in-flight
-    generations apart); ``sent_bytes(count)`` is what a rank sends for a chunk
-    of ``count`` values (as the ring algorithms send); ``residual`` the
-    error-feedback state (None: none).
+    its request; ``finish(comm, buffer, chunk, key)`` leaves the sum over ranks
+    in the chunk's slice once the request completed (``key`` tells in-flight
+    generations apart); a codec of two ``phases`` posts its second collective
+    from the first ``finish`` on ``comm`` and returns its request, and its
+    second ``finish`` completes the chunk; ``sent_bytes(chunk)``
+    is what a rank sends for the chunk (as the ring algorithms send);
+    ``residual`` the error-feedback state, each rank's own (None: none), and
+    ``shared`` the state every rank holds alike (names -> arrays), both kept
+    in snapshots; ``whole_buckets``: the codec needs buckets uncut.
     """
     residual = None
+    shared = {}
+    whole_buckets = False
+    phases = 1
 
     def __init__(self, name, ranks):
         self.name, self.ranks = name, ranks
@@ -147,15 +154,15 @@ class Half:
             wire = pack_bf16(values)
         return comm.Iallreduce(MPI.IN_PLACE, [wire, MPI.UINT16_T], op=self.op)
 
-    def finish(self, buffer, chunk, key):
+    def finish(self, comm, buffer, chunk, key):
         values = buffer[chunk.start:chunk.stop]
         if self.name == 'fp16':
             unpack_fp16(values, np.float32(self.ranks), self.scratch)
         else:
             unpack_bf16(values)
 
-    def sent_bytes(self, count):
-        return 2 * (self.ranks - 1) / self.ranks * count * 2
+    def sent_bytes(self, chunk):
+        return 2 * (self.ranks - 1) / self.ranks * (chunk.stop - chunk.start) * 2
 
     def free(self):
         self.op.Free()
@@ -172,6 +179,10 @@ class TopK:
     2(P-1)/P 4n: a share of P RATIO. RATIO 1 sends everything (the dense sum,
     added in rank order).
     """
+
+    shared = {}
+    whole_buckets = False
+    phases = 1
 
     def __init__(self, ratio, ranks, size, dtype):
         self.ratio, self.ranks = ratio, ranks
@@ -204,7 +215,7 @@ class TopK:
         self.in_flight[key] = (send, receive)
         return comm.Iallgather(send, receive)
 
-    def finish(self, buffer, chunk, key):
+    def finish(self, comm, buffer, chunk, key):
         send, receive = self.in_flight.pop(key)
         values = buffer[chunk.start:chunk.stop]
         values[...] = 0
@@ -214,19 +225,132 @@ class TopK:
             np.add.at(values, pairs[:, 0].astype(np.intp), pairs[:, 1].view(values.dtype))
         self.pool[chunk.stop - chunk.start].append((send, receive))
 
-    def sent_bytes(self, count):
-        return (self.ranks - 1) * 8 * self.count(count)
+    def sent_bytes(self, chunk):
+        return (self.ranks - 1) * 8 * self.count(chunk.stop - chunk.start)
 
     def free(self):
         self.pool.clear()
 
 
-def make_codec(spec, ranks, size=0, dtype=np.float32):
-    """The codec ``spec`` (see ``CODECS``) for ``ranks`` ranks and a gradient
-    buffer of ``size`` values, or None for None."""
+class PowerSGD:
+    """``powersgd:RANK`` (Vogels, Karimireddy and Jaggi 2019): each parameter
+    matrix M (a blob of two or more axes, as rows x the rest; with both sides
+    larger than RANK) is sent as two thin factors. With error feedback, M =
+    gradient + residual; P = M Q (Q: a (cols, RANK) matrix kept from the last
+    iteration, started from one seeded normal draw on every rank); allreduce
+    P; P := an orthonormal basis of it (QR); Q = M^T P; allreduce Q; the sum
+    over ranks is approximated by P Q^T, and each rank keeps M - P Q^T / P as
+    its residual (PyTorch's PowerSGD hook does the same). Vectors and small
+    matrices go dense, in the first allreduce. Every rank computes the same
+    bits. A chunk here is a whole bucket (``whole_buckets``). Per matrix it
+    sends (rows + cols) RANK values instead of rows x cols.
+    """
+    whole_buckets = True
+    phases = 2   # finish() of the first step posts the second and returns its request
+
+    def __init__(self, rank, ranks, size, dtype, blobs, seed=0):
+        self.rank, self.ranks = rank, ranks
+        self.residual = np.zeros(size, dtype)
+        self.blobs = sorted(blobs, key=lambda b: b[0].start)   # (arena slice, shape)
+        self.shared = {}    # 'powersgd/Q@START' -> the (cols, RANK) factor of the blob at START
+        rng = np.random.default_rng(seed)
+        for view, shape in self.blobs:
+            rows, cols = self._matrix(shape)
+            if self._compressed(rows, cols):
+                self.shared[f'powersgd/Q@{view.start}'] = rng.standard_normal(
+                    (cols, rank)).astype(dtype)
+        self.in_flight = {}
+
+    @staticmethod
+    def _matrix(shape):
+        rows = shape[0] if shape else 1
+        return rows, int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+
+    def _compressed(self, rows, cols):
+        return rows > self.rank and cols > self.rank
+
+    def _parts(self, chunk):
+        """(matrices: (view, rows, cols), dense views) of the blobs in ``chunk``."""
+        matrices, dense = [], []
+        for view, shape in self.blobs:
+            if view.start >= chunk.start and view.stop <= chunk.stop:
+                rows, cols = self._matrix(shape)
+                (matrices.append((view, rows, cols)) if self._compressed(rows, cols)
+                 else dense.append(view))
+        return matrices, dense
+
+    def start(self, comm, buffer, chunk, key):
+        matrices, dense = self._parts(chunk)
+        sizes = [rows * self.rank for _, rows, _ in matrices] + [v.stop - v.start for v in dense]
+        send = np.empty(sum(sizes), buffer.dtype)
+        offset = 0
+        for view, rows, cols in matrices:
+            m = self.residual[view]
+            m += buffer[view]                       # what this rank owes
+            p = send[offset:offset + rows * self.rank].reshape(rows, self.rank)
+            np.matmul(m.reshape(rows, cols), self.shared[f'powersgd/Q@{view.start}'], out=p)
+            offset += rows * self.rank
+        for view in dense:
+            send[offset:offset + view.stop - view.start] = buffer[view]
+            offset += view.stop - view.start
+        self.in_flight[key] = ['P', matrices, dense, send, None]
+        return comm.Iallreduce(MPI.IN_PLACE, send, op=MPI.SUM)
+
+    def finish(self, comm, buffer, chunk, key):
+        state = self.in_flight[key]
+        phase, matrices, dense, summed, _ = state
+        if phase == 'P':
+            offset, bases = 0, []
+            for view, rows, cols in matrices:
+                p = summed[offset:offset + rows * self.rank].reshape(rows, self.rank)
+                bases.append(np.linalg.qr(p)[0].astype(buffer.dtype))
+                offset += rows * self.rank
+            for view in dense:   # the dense sums are final
+                buffer[view] = summed[offset:offset + view.stop - view.start]
+                offset += view.stop - view.start
+            q_send = np.empty(sum(cols * self.rank for _, _, cols in matrices), buffer.dtype)
+            offset = 0
+            for (view, rows, cols), basis in zip(matrices, bases):
+                q = q_send[offset:offset + cols * self.rank].reshape(cols, self.rank)
+                np.matmul(self.residual[view].reshape(rows, cols).T, basis, out=q)
+                offset += cols * self.rank
+            state[0], state[3], state[4] = 'Q', q_send, bases
+            return comm.Iallreduce(MPI.IN_PLACE, q_send, op=MPI.SUM)
+        offset = 0
+        for (view, rows, cols), basis in zip(matrices, state[4]):
+            q = summed[offset:offset + cols * self.rank].reshape(cols, self.rank)
+            approx = buffer[view].reshape(rows, cols)
+            np.matmul(basis, q.T, out=approx)                 # the sum over ranks
+            m = self.residual[view].reshape(rows, cols)
+            m -= approx / self.ranks                           # what this rank did not send
+            self.shared[f'powersgd/Q@{view.start}'][...] = q / self.ranks   # warm start
+            offset += cols * self.rank
+        del self.in_flight[key]
+        return None
+
+    def sent_bytes(self, chunk):
+        matrices, dense = self._parts(chunk)
+        values = (sum((rows + cols) * self.rank for _, rows, cols in matrices)
+                  + sum(v.stop - v.start for v in dense))
+        return 2 * (self.ranks - 1) / self.ranks * values * 4
+
+    def free(self):
+        self.in_flight.clear()
+
+
+def make_codec(spec, ranks, size=0, dtype=np.float32, blobs=()):
+    """The codec ``spec`` (see ``CODECS``) for ``ranks`` ranks, a gradient buffer
+    of ``size`` values and its parameter ``blobs`` ((arena slice, shape), for
+    PowerSGD), or None for None."""
     if spec is None:
         return None
-    name, ratio = parse_codec(spec)
+    name, argument = parse_codec(spec)
     if np.dtype(dtype) != np.float32:
         raise ValueError(f"--compress {spec} packs float32 gradients; these are {np.dtype(dtype)}")
-    return TopK(ratio, ranks, size, dtype) if name == 'topk' else Half(name, ranks)
+    if name == 'topk':
+        return TopK(argument, ranks, size, dtype)
+    if name == 'powersgd':
+        if not blobs:
+            raise ValueError(f'--compress {spec} needs the parameter blobs\' shapes')
+        return PowerSGD(argument, ranks, size, dtype, blobs)
+    return Half(name, ranks)

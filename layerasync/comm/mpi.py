@@ -35,6 +35,7 @@ broadcasts, checks, metrics).
 """
 import threading
 import time
+from collections import deque
 
 import numpy as np
 from mpi4py import MPI
@@ -66,18 +67,23 @@ class Communicator:
                  chunk_bytes=DEFAULTS['chunk_bytes'], max_in_flight=DEFAULTS['max_in_flight'],
                  priority=DEFAULTS['priority'], progress=DEFAULTS['progress'],
                  spin=DEFAULTS['spin'], max_sleep=DEFAULTS['max_sleep'],
-                 compress=DEFAULTS['compress'], poll_interval=50e-6, trace=None, warn=print):
+                 compress=DEFAULTS['compress'], blobs=(), poll_interval=50e-6, trace=None,
+                 warn=print):
         if progress not in ENGINES:
             raise ValueError(f"unknown progress engine '{progress}'; known: {', '.join(ENGINES)}")
         self.backoff = Backoff(default_spin() if spin is None else spin, max_sleep)
         self.codec = make_codec(compress, comm.Get_size(), buffers[0].size if buffers else 0,
-                                buffers[0].dtype if buffers else np.float32)   # names a bad spec
+                                buffers[0].dtype if buffers else np.float32, blobs)   # names a bad spec
+        if self.codec is not None and self.codec.whole_buckets:
+            chunk_bytes = 0   # PowerSGD compresses whole matrices
         self.control = Control(comm.Dup())
         self.rank, self.size = self.control.rank, self.control.size
         self.buffers = list(buffers)
         itemsize = self.buffers[0].itemsize if self.buffers else 4
         self.buckets, self.chunks = self._cut(segments, fusion_bytes, chunk_bytes, itemsize)
         self.data_comm, self.round_comm = comm.Dup(), comm.Dup()
+        # The second steps of a two-step codec (PowerSGD), on a communicator of their own.
+        self.chain_comm = comm.Dup() if self.codec is not None and self.codec.phases == 2 else None
         self.wire_estimate = None   # seconds, when 'auto' measured it
         if priority == 'auto':
             self.wire_estimate = self._estimate_wire_time(itemsize)
@@ -89,6 +95,9 @@ class Communicator:
                               compress=compress)
         self.trace = trace
         self.requests, self.keys, self.posted_at, self.posted_on = [], [], {}, {}
+        # Two-step codecs: chunks in first-post order, those whose first step is
+        # done, and those in their second step.
+        self.chain, self.first_done, self.second = deque(), set(), set()
         # Bytes this rank has sent, as the ring algorithms send them (MPI may
         # choose others; the link counters of the emulated cluster measure).
         self.sent_bytes = 0.0
@@ -114,8 +123,8 @@ class Communicator:
         extrapolated by size from allreduces of (at most) ``probe_bytes`` after a
         warm-up (the median of ``repeats``); the mean over ranks, so every rank
         decides alike."""
-        total = sum(self.chunks[c].stop - self.chunks[c].start
-                    for b in self.gradient_buckets for c in b.chunks)
+        mine = [self.chunks[c] for b in self.gradient_buckets for c in b.chunks]
+        total = sum(c.stop - c.start for c in mine)
         scratch = np.zeros(max(1, min(total, probe_bytes // itemsize)), np.float32)
         times = []
         for k in range(repeats + 1):
@@ -126,8 +135,9 @@ class Communicator:
                 times.append(time.perf_counter() - start)
         per_item = sorted(times)[len(times) // 2] / scratch.size
         ratio = 1.0
-        if self.codec is not None and self.size > 1:
-            ratio = self.codec.sent_bytes(total) / (2 * (self.size - 1) / self.size * total * itemsize)
+        if self.codec is not None and self.size > 1 and total:
+            ratio = (sum(self.codec.sent_bytes(c) for c in mine)
+                     / (2 * (self.size - 1) / self.size * total * itemsize))
         return self.control.allreduce_mean(per_item * total * ratio)
 
     @property
@@ -218,8 +228,9 @@ class Communicator:
                 self.running = False
                 self.lock.notify_all()
             self.thread.join()
-        for c in (self.data_comm, self.round_comm, self.control.comm):
-            c.Free()
+        for c in (self.data_comm, self.round_comm, self.chain_comm, self.control.comm):
+            if c is not None:
+                c.Free()
         if self.codec is not None:
             self.codec.free()
 
@@ -276,11 +287,25 @@ class Communicator:
         for i in sorted(indices, reverse=True):
             c, g = self.keys.pop(i)
             self.requests.pop(i)
+            if self.codec is not None and self.codec.phases == 2 and (c, g) not in self.second:
+                self.first_done.add((c, g))   # its second step waits for its turn (below)
+                continue
+            self.second.discard((c, g))
             buffer = self.posted_on.pop((c, g))
             if self.codec is not None:
-                self.codec.finish(self.buffers[buffer], self.chunks[c], (c, g))
+                self.codec.finish(self.chain_comm, self.buffers[buffer], self.chunks[c], (c, g))
             self.scheduler.completed(c)
             self._record(c, g, now)
+        # A two-step codec (PowerSGD) posts each chunk's second collective on a
+        # communicator of its own, in the order the first ones were posted — the
+        # same on every rank, whenever each rank saw them complete.
+        while self.chain and self.chain[0] in self.first_done:
+            key = self.chain.popleft()
+            self.first_done.discard(key)
+            self.requests.append(self.codec.finish(self.chain_comm, self.buffers[self.posted_on[key]],
+                                                   self.chunks[key[0]], key))
+            self.keys.append(key)
+            self.second.add(key)
 
     def _post(self, posts):
         now = time.perf_counter()
@@ -294,6 +319,8 @@ class Communicator:
             self.keys.append((c, g))
             self.posted_at[c, g] = now
             self.posted_on[c, g] = entry[0]
+            if self.codec is not None and self.codec.phases == 2:
+                self.chain.append((c, g))
             self.sent_bytes += self._wire_bytes(chunk)
 
     def _start(self, chunk, buffer, key):
@@ -308,7 +335,7 @@ class Communicator:
         """What this rank sends for ``chunk``'s collective with the bandwidth-optimal
         (ring) algorithm: 2(P-1)/P of an allreduce's bytes."""
         if self.codec is not None:
-            return self.codec.sent_bytes(chunk.stop - chunk.start)
+            return self.codec.sent_bytes(chunk)
         return 2 * (self.size - 1) / self.size * (chunk.stop - chunk.start) * self.buffers[0].itemsize
 
     def _span_name(self, chunk):

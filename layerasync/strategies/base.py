@@ -148,7 +148,8 @@ class AllreduceStrategy(Strategy):
         """The gradient communicator over ``mpi_comm`` (collective)."""
         from ..comm.mpi import Communicator
         return Communicator(mpi_comm, self.buffers, list(self.net.arena.segments.items()),
-                            trace=trace, **comm_settings)
+                            trace=trace, blobs=[(s.view, s.shape) for s in self.solver.slots],
+                            **comm_settings)
 
     # -- hooks ------------------------------------------------------------
     def before_forward(self, i):
@@ -213,12 +214,19 @@ class AllreduceStrategy(Strategy):
 
     def state_dict(self):
         gathered, self._gathered = getattr(self, '_gathered', None), None
-        if gathered is None:
-            return {}
-        return {f'compress/residual_rank{r}': gathered[r] for r in range(len(gathered))}
+        codec = self.comm.codec if self.comm is not None else None
+        state = {f'compress/{k}': v.copy() for k, v in (codec.shared if codec else {}).items()}
+        if gathered is not None:
+            state.update({f'compress/residual_rank{r}': gathered[r] for r in range(len(gathered))})
+        return state
 
     def load_state_dict(self, state):
-        """This rank's residual from a snapshot that holds them (none: zero)."""
+        """The codec's state from a snapshot that holds it (none: as started):
+        this rank's residual, and what every rank shares (PowerSGD's factors)."""
+        codec = self.comm.codec if self.comm is not None else None
+        for key, value in (codec.shared if codec else {}).items():
+            if f'compress/{key}' in state:
+                value[...] = state[f'compress/{key}']
         residual = self._residual()
         saved = sorted(k for k in state if k.startswith('compress/residual_rank'))
         if residual is None or not saved:

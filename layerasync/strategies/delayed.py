@@ -38,6 +38,12 @@ class Delayed(AllreduceStrategy):
         return self.delay + 1
 
     def __init__(self, *args, **kwargs):
+        compress = kwargs.get('compress') or ''
+        if compress.startswith('powersgd'):
+            raise ValueError(f'--compress {compress}: PowerSGD keeps factors that every rank must '
+                             'update in the same order, and delayed:K keeps several '
+                             'generations of a bucket in flight; use it with sync, layerwise '
+                             'or async-layerwise')
         super().__init__(*args, **kwargs)
         # (iteration, communicator generation or None if already reduced), oldest first
         self.in_flight = deque()

@@ -301,12 +301,67 @@ def test_topk_snapshot_and_resume_are_exact(comm):
     np.testing.assert_array_equal(resumed, straight)
 
 
-@pytest.mark.parametrize('strategy', ['sharded', 'local-sgd:2'])
-def test_compression_is_refused_where_it_does_not_apply(comm, strategy):
+def test_powersgd_sends_small_blobs_dense_and_conserves_the_gradient(comm):
+    """A rank larger than every matrix leaves all blobs dense: the uncompressed
+    iterates (bit for bit at 1 and 2 ranks). At rank 2 the factors approximate
+    the sum, and error feedback keeps what was not sent: per rank, the sum of the
+    approximations divided by P plus the residual is the sum of its gradients."""
+    dense = train('lenet', 'sync', comm, 2, iters=4, compress='powersgd:1000')
+    exact = train('lenet', 'sync', comm, 2, iters=4)
+    if comm.size > 2:
+        assert_close_per_blob('lenet', dense, exact)
+    else:
+        np.testing.assert_array_equal(dense, exact)
+    solver = make_solver('lenet', 2, comm.rank, comm.size)
+    s = get_strategy('async-layerwise', solver, comm, compress='powersgd:2')
+    codec = s.comm.codec
+    own = np.zeros(solver.net.arena.count, np.float64)
+    approx = np.zeros_like(own)
+    start, finish = codec.start, codec.finish
+
+    def recording_start(mpi_comm, buffer, chunk, key):
+        own[chunk.start:chunk.stop] += buffer[chunk.start:chunk.stop]
+        return start(mpi_comm, buffer, chunk, key)
+
+    def recording_finish(mpi_comm, buffer, chunk, key):
+        more = finish(mpi_comm, buffer, chunk, key)
+        if more is None:
+            approx[chunk.start:chunk.stop] += buffer[chunk.start:chunk.stop] / comm.size
+        return more
+    codec.start, codec.finish = recording_start, recording_finish
+    try:
+        s.start()
+        solver.step(4, s)
+        s.finish()
+        same_on_all_ranks(comm, solver.net.arena.data)
+        matrices = [v for v, shape in codec.blobs if codec._compressed(*codec._matrix(shape))]
+        assert matrices, 'lenet has matrices wider than rank 2'
+        for view in matrices:
+            np.testing.assert_allclose(approx[view] + codec.residual[view], own[view],
+                                       rtol=1e-4, atol=1e-6)
+        assert s.comm.sent_bytes < 4 * 2 * solver.net.arena.data.nbytes * 0.2   # far below float32
+    finally:
+        solver.close()
+        s.close()
+
+
+def test_powersgd_snapshot_and_resume_are_exact(comm):
+    """The residuals (each rank's) and the factors Q (shared) go into the snapshot."""
+    settings = dict(compress='powersgd:2')
+    straight = train('lenet', 'async-layerwise', comm, 2, iters=8, **settings)
+    path = train('lenet', 'async-layerwise', comm, 2, snapshot_at=3, **settings)
+    resumed = train('lenet', 'async-layerwise', comm, 2, iters=8, resume=path, **settings)
+    np.testing.assert_array_equal(resumed, straight)
+
+
+@pytest.mark.parametrize('strategy, compress, message', [
+    ('sharded', 'bf16', 'not compressed'), ('local-sgd:2', 'bf16', 'not compressed'),
+    ('delayed:1', 'powersgd:2', 'use it with sync, layerwise or async-layerwise')])
+def test_compression_is_refused_where_it_does_not_apply(comm, strategy, compress, message):
     solver = make_solver('lenet', 2, comm.rank, comm.size)
     try:
-        with pytest.raises(ValueError, match="--compress bf16: .* not compressed"):
-            get_strategy(strategy, solver, comm, compress='bf16')
+        with pytest.raises(ValueError, match=f"--compress {compress}: .*{message}"):
+            get_strategy(strategy, solver, comm, compress=compress)
     finally:
         solver.close()
 
