@@ -24,9 +24,10 @@ pause with ``Backoff`` (spin ``spin`` seconds, then sleep up to
 busy-polls: a rank that waits must leave the core to the peer it waits for
 when ranks outnumber cores (``docs/cluster.md``, "Waiting without spinning").
 
-Compression (``compress``: ``fp16`` or ``bf16``, see ``compress``) packs each
-chunk in place into 16-bit floats before its allreduce and unpacks it when
-the allreduce completes: half the bytes, lossy.
+Compression (``compress``: a codec of ``comm.compress`` — ``fp16``, ``bf16``,
+``topk:RATIO``, ``powersgd:RANK``) replaces a chunk's allreduce by the
+codec's collective(s) and leaves the sum over ranks in the chunk when they
+complete; the trace's chunk spans then say what was sent (``sent``).
 
 Three duplicated communicators keep the traffic apart, so their collectives
 never have to be ordered against each other: data (chunks), rounds
@@ -347,7 +348,7 @@ class Communicator:
             chunk = self.chunks[c]
             self.trace.span('comm', self._span_name(chunk), start, now,
                             bytes=(chunk.stop - chunk.start) * self.buffers[0].itemsize,
-                            generation=g)
+                            sent=self._wire_bytes(chunk), generation=g)
 
     def _progress_loop(self):
         # Polls every poll_interval at first, then less often while nothing moves
