@@ -12,7 +12,9 @@ and writes:
   and iterations to reach ``--target`` test accuracy.
 
 A strategy may carry solver overrides after ``+``: ``delayed:2+momentum=0.5``
-runs delayed:2 with momentum 0.5 (``--set momentum=0.5``).
+runs delayed:2 with momentum 0.5 (``--set momentum=0.5``); ``+compress=C``
+runs it with ``--compress C`` (``sync+compress=topk:0.01``), and ``+outer=R``
+belongs to the strategy (``local-sgd:4+outer=nesterov``).
 
 The default set separates delay from the step size. With the solver's
 learning rate lr and momentum m, and a lower momentum m' (``--low-momentum``,
@@ -64,11 +66,18 @@ def default_strategies(solver, delays, low_momentum):
 def run(entry, args, metrics):
     """Train one entry; None if it ran to the end, else the iteration it diverged at."""
     strategy, *overrides = entry.split('+')
+    options = []
+    for o in overrides:
+        if o.startswith('outer='):
+            strategy += f'+{o}'
+        elif o.startswith('compress='):
+            options += ['--compress', o[len('compress='):]]
+        else:
+            options += ['--set', o]
     from layerasync.launch.mpi import find_program
     mpiexec = find_program(['mpiexec']) or 'mpiexec'
     command = [mpiexec, '-n', str(args.ranks), sys.executable, '-m', 'layerasync', 'train',
-               '--solver', args.solver, '--strategy', strategy, '--metrics', metrics,
-               *[a for o in overrides for a in ('--set', o)],
+               '--solver', args.solver, '--strategy', strategy, '--metrics', metrics, *options,
                '--no-progress', '--quiet', '--set', f'test_interval={args.test_interval}',
                '--set', 'snapshot=0', '--set', 'snapshot_after_train=false',
                '--set', f'max_iter={args.max_iter}', *args.extra]
