@@ -267,3 +267,10 @@ def test_accuracy_top_k_ties_and_ignore():
     assert top[0].data == pytest.approx(0.5)           # samples 1, 3 remain; 3 correct
     with pytest.raises(LayerError, match=r'top_k 4 must be in \[1, 3\]'):
         run_layer('type: "Accuracy" accuracy_param { top_k: 4 }', [scores, labels])
+
+
+def test_accuracy_of_nan_scores_is_zero():
+    """A diverged net's NaN scores are wrong, not right (NaN compares false)."""
+    scores = np.array([[np.nan] * 3, [0.1, np.nan, 0.2], [0.1, 0.5, 0.4]])
+    _, _, top = run_layer('type: "Accuracy"', [scores, np.array([1.0, 2.0, 1.0])])
+    assert top[0].data == pytest.approx(1 / 3)

@@ -147,7 +147,9 @@ class Accuracy(_LabelledLayer):
         scores = bottom[0].data.reshape(self.outer, self.classes, self.inner)
         true = np.take_along_axis(scores, np.where(valid, labels, 0)[:, None, :], 1)
         better = (scores >= true).sum(axis=1) - 1  # the true class counts itself
-        correct = (better < self.param.top_k) & valid
+        # A score that is NaN compares false with everything, so a sample whose
+        # scores are all NaN would look correct: a diverged net scoring 100%.
+        correct = (better < self.param.top_k) & valid & ~np.isnan(scores).any(axis=1)
         count = valid.sum()
         top[0].data[...] = correct.sum() / count if count else 0.0
         if len(top) > 1:
