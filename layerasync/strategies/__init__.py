@@ -8,6 +8,7 @@ lazily, so a single process without MPI can still train with ``sync``, and
 this package imports neither mpi4py nor a strategy module.
 """
 import importlib
+import math
 from typing import Callable, NamedTuple
 
 from .base import Strategy  # noqa: F401
@@ -57,7 +58,8 @@ OUTER_RULES = {'nesterov': Outer('nesterov', 0.7, 0.9)}
 
 
 def _local_sgd(name, argument):
-    """``'4'`` -> (4, None); ``'4+outer=nesterov'`` -> (4, the Outer rule)."""
+    """``'4'`` -> (4, None); ``'4+outer=nesterov'`` -> (4, DiLoCo's Outer rule);
+    ``'4+outer=nesterov:1:0.5'`` -> (4, Outer('nesterov', 1.0, 0.5))."""
     spelling = f'local-sgd:{argument}' if argument is not None else 'local-sgd'
     period, _, option = (argument or '').partition('+')
     if not period.isdigit() or int(period) < 1:
@@ -65,10 +67,20 @@ def _local_sgd(name, argument):
     outer = None
     if option:
         key, _, rule = option.partition('=')
-        if key != 'outer' or rule not in OUTER_RULES:
-            raise ValueError(f"'{spelling}': the only option is +outer=RULE, RULE one of "
-                             f"{', '.join(OUTER_RULES)} (e.g. local-sgd:4+outer=nesterov)")
+        rule, *values = rule.split(':')
+        if key != 'outer' or rule not in OUTER_RULES or len(values) > 2:
+            raise ValueError(f"'{spelling}': the only option is +outer=RULE[:LR[:MOMENTUM]], RULE "
+                             f"one of {', '.join(OUTER_RULES)} (e.g. local-sgd:4+outer=nesterov, "
+                             'or local-sgd:4+outer=nesterov:1:0.5)')
         outer = OUTER_RULES[rule]
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            numbers = [-1.0]
+        if any(not 0 <= x < math.inf for x in numbers) or (len(numbers) == 2 and numbers[1] >= 1):
+            raise ValueError(f"'{spelling}': the outer rate must be a number >= 0 and the outer "
+                             'momentum in [0, 1)')
+        outer = outer._replace(**dict(zip(('lr', 'momentum'), numbers)))
     return int(period), outer
 
 
@@ -88,7 +100,7 @@ STRATEGIES = {
     'delayed': _Entry('strategies.delayed', 'Delayed', _delay, 'delayed:K'),
     'sharded': _Entry('strategies.sharded', 'Sharded', _no_argument, 'sharded'),
     'local-sgd': _Entry('strategies.local_sgd', 'LocalSGD', _local_sgd,
-                        'local-sgd:H[+outer=nesterov]'),
+                        'local-sgd:H[+outer=nesterov[:LR[:MOMENTUM]]]'),
     'ps-sync': _Entry('ps.worker', 'PsSync', _no_argument, 'ps-sync'),
     'ps-async': _Entry('ps.worker', 'PsAsync', _no_argument, 'ps-async'),
 }

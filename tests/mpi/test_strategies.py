@@ -400,10 +400,15 @@ def test_local_sgd_names_a_bad_period():
     from layerasync.strategies import parse_strategy
     for bad, message in [('local-sgd', 'local-sgd:H needs a period H >= 1'),
                          ('local-sgd:0', 'local-sgd:H needs a period H >= 1'),
-                         ('local-sgd:2+outer=adam', 'the only option is \\+outer=RULE')]:
+                         ('local-sgd:2+outer=adam', 'the only option is \\+outer=RULE'),
+                         ('local-sgd:2+outer=nesterov:1:2', 'outer momentum in \\[0, 1\\)'),
+                         ('local-sgd:2+outer=nesterov:x', 'the outer rate must be a number')]:
         with pytest.raises(ValueError, match=message):
             parse_strategy(bad)
     assert parse_strategy('local-sgd:3')[1][0] == 3
+    outer = parse_strategy('local-sgd:3+outer=nesterov:1:0.5')[1][1]
+    assert (outer.rule, outer.lr, outer.momentum) == ('nesterov', 1.0, 0.5)
+    assert parse_strategy('local-sgd:3+outer=nesterov')[1][1].lr == 0.7
 
 
 def stale_sgd(model, batch, delay, iters, momentum):
