@@ -51,6 +51,16 @@ def layer_types(text):
     return types
 
 
+def compression(text):
+    """``--compress``: a codec spec (``comm.parse_codec``), checked, returned as given."""
+    from .comm import parse_codec
+    try:
+        parse_codec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def compute_mode(text):
     """An argparse type: ``real``, or ``replay[:PROFILE]``; returns (mode, profile or None)."""
     mode, _, profile = text.partition(':')

@@ -22,7 +22,8 @@ import sys
 import time
 
 from . import bench, models, plot, proto, ps, schema, strategies, tune
-from ._args import add_compute_arguments, count, layer_types, replayed_compute, seconds
+from ._args import (add_compute_arguments, compression, count, layer_types, replayed_compute,
+                    seconds)
 from ._threads import blas_threads
 from .signals import EFFECTS, Interrupted, SignalEffects
 from .launch import cli as launch_cli
@@ -322,15 +323,6 @@ def _data_arguments(p):
                         '--source mnist-subset for lenet (sources: docs/training.md)')
 
 
-def _compression(text):
-    from .comm import parse_codec
-    try:
-        parse_codec(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
 def _comm_arguments(p):
     from .comm import DEFAULTS as d, IN_FLIGHT, PRIORITY_ABOVE, SCHEDULERS, scheduler_name
     g = p.add_argument_group('communication (with mpirun -n P); defaults chosen by measurement')
@@ -352,7 +344,7 @@ def _comm_arguments(p):
     g.add_argument('--settings', metavar='FILE.json',
                    help='communication settings chosen by `layerasync tune`; flags given here '
                         'win over them')
-    g.add_argument('--compress', type=_compression, default=d['compress'],
+    g.add_argument('--compress', type=compression, default=d['compress'],
                    metavar='fp16|bf16|topk:RATIO|powersgd:RANK',
                    help='compress the gradients on the wire: 16-bit floats (half the bytes; '
                         'IEEE half with the sum scaled by 1/P, or bfloat16), the share RATIO '

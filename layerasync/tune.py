@@ -146,18 +146,8 @@ def load_settings(path):
     return settings
 
 
-def _compression(text):
-    import argparse
-    from .comm import parse_codec
-    try:
-        parse_codec(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
 def add_commands(subparsers, mpi):
-    from ._args import add_compute_arguments, count, layer_types, replayed_compute
+    from ._args import add_compute_arguments, compression, count, layer_types, replayed_compute
     p = subparsers.add_parser('tune', help='choose communication settings by measurement '
                                            '(run under mpirun)')
     p.add_argument('--model', required=True, help='net prototxt or zoo name (synthetic data)')
@@ -173,7 +163,7 @@ def add_commands(subparsers, mpi):
                    help='a value must be this much faster to replace the current one (0.02)')
     p.add_argument('--out', required=True, metavar='FILE.json',
                    help='the settings file to write (train and bench read it with --settings)')
-    p.add_argument('--compress', type=_compression, metavar='fp16|bf16|topk:RATIO|powersgd:RANK',
+    p.add_argument('--compress', type=compression, metavar='fp16|bf16|topk:RATIO|powersgd:RANK',
                    help='tune under this gradient compression (as train\'s --compress)')
     p.add_argument('--mpi', action='store_true', help='use MPI even if no launcher is detected')
     p.set_defaults(progress='poll')   # MPI starts without its own progress thread
