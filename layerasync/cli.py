@@ -83,8 +83,9 @@ def _apply_settings_file(args):
         tuned = load_settings(args.settings)
     except ValueError as e:
         raise SystemExit(f'layerasync: --settings {e}') from None
+    default = defaults()
     for name, value in tuned.items():
-        if getattr(args, name) == defaults()[name]:
+        if getattr(args, name) == default[name]:
             setattr(args, name, value)
     args._settings_applied = True
 

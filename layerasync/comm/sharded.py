@@ -48,9 +48,6 @@ class ShardedCommunicator(Communicator):
             raise ValueError(f"--compress {settings['compress']}: sharded's reduce-scatter is "
                              'not compressed (compression applies to the gradient allreduce of '
                              'sync, layerwise, async-layerwise and delayed:K)')
-        self._size = comm.Get_size()
-        self._rank = comm.Get_rank()
-        self.shard_grad = None   # allocated once the parts are known (``_cut``)
         super().__init__(comm, [grad, weights], segments, **settings)
 
     def _cut(self, segments, fusion_bytes, chunk_bytes, itemsize):
@@ -58,11 +55,11 @@ class ShardedCommunicator(Communicator):
         self.counts, self.displs, self.parts = [], [], []
         offset = 0
         for chunk in chunks:
-            counts, displs = cut_evenly(chunk.stop - chunk.start, self._size)
+            counts, displs = cut_evenly(chunk.stop - chunk.start, self.size)
             self.counts.append(counts)
             self.displs.append(displs)
-            mine = int(counts[self._rank])
-            self.parts.append((chunk.start + int(displs[self._rank]), mine, offset))
+            mine = int(counts[self.rank])
+            self.parts.append((chunk.start + int(displs[self.rank]), mine, offset))
             offset += mine
         self.shard_size = offset
         self.shard_grad = np.zeros(offset, self.buffers[0].dtype if self.buffers else np.float32)

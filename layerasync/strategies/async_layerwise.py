@@ -17,8 +17,6 @@ class AsyncLayerwise(AllreduceStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # The bucket whose update must precede layer i's forward: its earliest layer.
-        self.needed_by = {b.priority: b.index for b in self.buckets}
         self.pending = set()
 
     def end_iteration(self):
@@ -49,5 +47,5 @@ class AsyncLayerwise(AllreduceStrategy):
         self.pending.discard(bucket)
 
     def finish(self):
-        for bucket in sorted(self.pending, key=lambda b: self.buckets[b].priority):
+        for bucket in [b for b in self.forward_order if b in self.pending]:
             self._apply(bucket)

@@ -142,6 +142,11 @@ class AllreduceStrategy(Strategy):
             self.buckets = self.comm.gradient_buckets
             # A bucket is complete once its last layer in backward order is.
             self.trigger = {b.layers[-1]: b.index for b in self.buckets}
+        # The bucket a layer's forward needs first (that of its earliest layer),
+        # and the buckets in the order the next forward needs them.
+        self.needed_by = {b.priority: b.index for b in self.buckets}
+        self.forward_order = sorted(range(len(self.buckets)), key=lambda b: self.buckets[b].priority)
+        self._gathered = None   # compression residuals gathered for a snapshot (rank 0)
         self.grad_scale = 1.0 / self.size
 
     def communicator(self, mpi_comm, trace, comm_settings):
@@ -213,7 +218,7 @@ class AllreduceStrategy(Strategy):
         return None
 
     def state_dict(self):
-        gathered, self._gathered = getattr(self, '_gathered', None), None
+        gathered, self._gathered = self._gathered, None
         codec = self.comm.codec if self.comm is not None else None
         state = {f'compress/{k}': v.copy() for k, v in (codec.shared if codec else {}).items()}
         if gathered is not None:

@@ -48,8 +48,6 @@ class LocalSGD(AllreduceStrategy):
         super().__init__(solver, mpi_comm, argument, trace, **comm_settings)
         self.grad_scale = 1.0   # each rank steps with its own gradient
         self.pending = set()    # buckets whose average is in flight
-        if self.comm is not None:
-            self.needed_by = {b.priority: b.index for b in self.buckets}
         self.anchor = self.velocity = None
         if self.outer is not None and self.comm is not None:
             self.anchor = self.net.arena.data.copy()   # w0: the weights at the last average
@@ -84,12 +82,12 @@ class LocalSGD(AllreduceStrategy):
             self.solver.update()
         if self.comm is None or (self.solver.iter + 1) % self.period:
             return
-        for b in sorted(range(len(self.buckets)), key=lambda b: self.buckets[b].priority):
+        for b in self.forward_order:
             self.comm.post(b)
         self.pending = set(range(len(self.buckets)))
 
     def before_forward(self, i):
-        bucket = self.needed_by.get(i) if self.comm is not None else None
+        bucket = self.needed_by.get(i)
         if bucket in self.pending:
             self._apply(bucket)
         elif self.comm is not None:
@@ -113,5 +111,5 @@ class LocalSGD(AllreduceStrategy):
         self.pending.discard(bucket)
 
     def finish(self):
-        for bucket in sorted(self.pending, key=lambda b: self.buckets[b].priority):
+        for bucket in [b for b in self.forward_order if b in self.pending]:
             self._apply(bucket)

@@ -50,9 +50,6 @@ class Sharded(AllreduceStrategy):
         self.gathering = set()   # buckets whose gather is posted and not yet waited for
         if self.comm is None:
             return
-        # The bucket whose gather must precede layer i's forward: its earliest layer.
-        self.needed_by = {b.priority: b.index for b in self.buckets}
-        self.order = sorted(range(len(self.buckets)), key=lambda b: self.buckets[b].priority)
         self.pieces = self._pieces()
         learned = {i for i, _ in self._segments()}
         self.unlearned = [view for i, view in self.net.arena.segments.items() if i not in learned]
@@ -128,7 +125,7 @@ class Sharded(AllreduceStrategy):
         s.begin_update(scale=self.grad_scale, norm=norm)
         for view in self.unlearned:
             self.net.arena.diff[view] = 0.0
-        self.to_update = deque(self.order)
+        self.to_update = deque(self.forward_order)
         self._advance()
 
     def before_forward(self, i):
