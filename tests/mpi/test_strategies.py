@@ -537,8 +537,8 @@ def test_sampling_a_missing_network_device_names_it():
 
 def test_bench_rows_follow_their_definitions(comm):
     """Each row's derived columns recomputed from its own fields; the same rows on every
-    rank; at one rank the allreduce alone costs next to nothing. (No assertion compares
-    measured times with each other beyond that: the machine may be shared.)"""
+    rank; the bytes each row sends. (No assertion compares measured times with each
+    other: the machine may be shared.)"""
     from layerasync.bench import format_rows, run_bench
     names = ['sync', 'async-layerwise', 'delayed:1', 'sharded', 'local-sgd:2']
     rows = run_bench(comm, 'lenet', batch=2, strategies=','.join(names), iterations=2, warmup=1,
@@ -570,8 +570,6 @@ def test_bench_rows_follow_their_definitions(comm):
     expected = {'compute': '', 'local-sgd:2': pytest.approx(allreduce / 2)}
     for r in rows:
         assert r['sent_mb'] == expected.get(r['row'], pytest.approx(allreduce)), r['row']
-    if comm.size == 1:   # "allreduce" of one rank: a loop over chunks that move nothing
-        assert comm_ms < 0.5 * compute, (comm_ms, compute)
     table = format_rows(rows)
     assert f'{comm.size} ranks, batch 2 per rank' in table
     assert all(f'\n{name} ' in table for name in names), table
