@@ -134,6 +134,11 @@ bench-scale: $(STAMP)
 	mkdir -p $(OUT)
 	$(PY) benchmarks/scale.py --csv $(OUT)/scale.csv $(SCALE_FLAGS) | tee $(OUT)/scale.md
 
+# The simulator against bench-scale's rows, from its profiles and sweeps.
+bench-validate: $(STAMP)
+	$(PY) benchmarks/validate_sim.py --csv $(OUT)/scale.csv --plot $(OUT)/validate_sim.png \
+		$(VALIDATE_FLAGS) | tee $(OUT)/validate_sim.md
+
 clean:
 	rm -rf $(VENV) build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -24,6 +24,12 @@ bottleneck only while their sum fits what the machine's TCP stack moves on
 two cores: ``host_mb_sent`` (the busiest host's bytes, from the link
 counters) and the ``comm`` row at each P show whether it did.
 
+On each cluster of P hosts (no servers) it also times allreduces of 4 KB to
+4 MB (``benchmarks/allreduce_sweep.py``, the chunks' sizes) into
+``sweep-LINK-P.json`` beside the profiles: the calibration that
+``benchmarks/validate_sim.py --sweeps`` fits the simulator's link to, at each
+P, before it predicts the rows.
+
 Rows are appended to ``--csv`` as ``layerasync bench`` writes them, with the
 net, the link and the speed-up added, and printed as they come. Cost: a
 bench at P ranks starts P Python processes on two cores (about 3 s of CPU
@@ -38,7 +44,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from emulated import bench_on_cluster, cluster_of, profile  # noqa: E402
+from emulated import bench_on_cluster, cluster_of, profile, run_on_cluster  # noqa: E402
 
 # net: (batch per rank, layer types removed, compute speed-up, link per host)
 NETS = {
@@ -47,6 +53,13 @@ NETS = {
     'gpt-mini': (32, '', 1.0, '100mbit'),
 }
 ALLREDUCE = 'sync,layerwise,async-layerwise,delayed:1'
+SWEEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'allreduce_sweep.py')
+
+
+def sweep(path):
+    """Allreduce times of 4 KB .. 4 MB on the cluster that is up, into ``path``."""
+    run_on_cluster([sys.executable, SWEEP, '--json', path, '--max-bytes', str(4 << 20),
+                    '--batches', '3', '--budget', '0.5'])
 
 
 def main():
@@ -58,6 +71,9 @@ def main():
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--csv', default='scale.csv', help='rows are appended here')
+    p.add_argument('--profiles', default=None,
+                   help='keep the profiles here, as NET.json (default: beside --csv), for '
+                        '`layerasync sim` and benchmarks/validate_sim.py')
     args = p.parse_args()
     from layerasync.launch import cluster
     if cluster.load() is not None:
@@ -67,12 +83,14 @@ def main():
     ranks = [int(r) for r in args.ranks.split(',') if r]
     servers = [int(s) for s in args.servers.split(',') if s]
     fresh = not os.path.exists(args.csv)
+    profiles = args.profiles or os.path.dirname(os.path.abspath(args.csv))
+    os.makedirs(profiles, exist_ok=True)
     with open(args.csv, 'a', newline='') as table, \
             tempfile.TemporaryDirectory(prefix='layerasync-scale-') as folder:
         writer = None
         for model in nets:
             batch, remove, speedup, bandwidth = NETS[model]
-            path = os.path.join(folder, f'{model}.json')
+            path = os.path.join(profiles, f'{model}.json')
             profile(model, batch, remove, path)
             runs = [(P, 0) for P in ranks] + [(P, s) for P in ranks for s in servers]
             for P, s in runs:
@@ -84,6 +102,9 @@ def main():
                     rows, sent = bench_on_cluster(
                         folder, model, batch, ALLREDUCE if not s else 'ps-sync,ps-async',
                         args.iterations, args.warmup, args.rounds, remove, flags)
+                    calibration = os.path.join(profiles, f'sweep-{bandwidth}-{P}.json')
+                    if not s and not os.path.exists(calibration):
+                        sweep(calibration)
                 sent = max(sent)
                 for row in rows:
                     if s and row['row'] not in ('ps-sync', 'ps-async'):

@@ -49,6 +49,22 @@ def test_allreduce_formulas():
     assert ring.allreduce_time(n, 1) == 0 and ring.allreduce_time(0, 8) == 0
 
 
+def test_a_step_cost_is_busy_time_per_message_step():
+    n, p, sigma = 1e6, 8, 1e-4
+    plain = Network(alpha=1e-6, beta=1e9)
+    for algorithm, steps in (('ring', 14), ('recursive-doubling', 3), ('rabenseifner', 6)):
+        net, costed = plain.with_(algorithm=algorithm), plain.with_(algorithm=algorithm, sigma=sigma)
+        (lat0, busy0), (lat1, busy1) = net.allreduce_parts(n, p), costed.allreduce_parts(n, p)
+        assert lat1 == lat0 and busy1 == pytest.approx(busy0 + steps * sigma), algorithm
+    costed = plain.with_(sigma=sigma)
+    # The reduce-scatter and the all-gather are the ring's halves, step costs included.
+    halves = [sum(costed.reduce_scatter_parts(n, p)), sum(costed.allgather_parts(n, p))]
+    assert sum(halves) == pytest.approx(costed.allreduce_time(n, p))
+    assert costed.allreduce_time(n, 1) == 0
+    with pytest.raises(ValueError, match='step cost >= 0'):
+        Network(1e-6, 1e9, sigma=-1)
+
+
 def test_network_rejects_nonsense():
     with pytest.raises(ValueError, match='known: ring'):
         Network(1e-6, 1e9, algorithm='tree')

@@ -74,6 +74,10 @@ def add_commands(subparsers):
                         'is refused as ambiguous (tc reads bytes, common usage bits)')
     g.add_argument('--latency', type=_argument(parse_latency), metavar='TIME',
                    help='latency per message step, e.g. 2us (overrides the preset/fit)')
+    g.add_argument('--step-cost', type=_argument(parse_latency), metavar='TIME',
+                   help='busy time per message step, in which the rank\'s part of the '
+                        'collective stands still (scheduling, progress calls), e.g. 300us '
+                        '(default 0)')
     g.add_argument('--algorithm', choices=ALGORITHMS, help='allreduce algorithm (default ring)')
     g.add_argument('--reduce-rate', type=_argument(parse_rate, '--reduce-rate'), metavar='RATE',
                    help='reduction arithmetic rate, e.g. 5GB/s (gamma = 1/rate; default: none, '
@@ -126,7 +130,8 @@ def _network(args):
     else:
         network = fabric(args.fabric)
     changes = {key: value for key, value in (('beta', args.bandwidth), ('alpha', args.latency),
-                                             ('algorithm', args.algorithm)) if value is not None}
+                                             ('algorithm', args.algorithm),
+                                             ('sigma', args.step_cost)) if value is not None}
     if args.reduce_rate:
         changes['gamma'] = 1 / args.reduce_rate
     if args.hook_overhead is not None:

@@ -20,7 +20,14 @@ the ring allreduce, or of Rabenseifner's (recursive halving, then doubling;
 
 Each cost is split in two (``allreduce_parts``): the alpha terms are
 *latency*, during which the link can carry other traffic; the bandwidth and
-reduction terms keep the rank's link *busy*. So allreduces in flight together
+reduction terms keep the rank's link *busy*. ``sigma``, 0 by default, is a
+cost per message step that is busy too: the time a rank needs to be running
+to take each step of the algorithm (to be scheduled, to reach its next
+progress call), during which its part of the collective stands still. It is
+what makes many small steps dear where ranks share cores (the emulated
+cluster) or progress only inside MPI calls; ``2(P-1) sigma`` for the ring,
+``log2(P) sigma`` for recursive doubling, ``2 log2(P) sigma`` for
+Rabenseifner's. So allreduces in flight together
 overlap their latencies but queue for the link, which is what posting several
 chunks at once buys.
 
@@ -41,21 +48,23 @@ ALGORITHMS = ('ring', 'recursive-doubling', 'rabenseifner', 'auto')
 
 @dataclass(frozen=True)
 class Network:
-    """A link and an allreduce algorithm: ``alpha`` s, ``beta`` bytes/s, ``gamma`` s/byte."""
+    """A link and an allreduce algorithm: ``alpha`` s, ``beta`` bytes/s, ``gamma``
+    s/byte, ``sigma`` s of busy time per message step."""
     alpha: float
     beta: float
     gamma: float = 0.0
     algorithm: str = 'ring'
     name: str = 'custom'
+    sigma: float = 0.0
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown allreduce algorithm '{self.algorithm}'; "
                              f"known: {', '.join(ALGORITHMS)}")
-        if self.alpha < 0 or self.beta <= 0 or self.gamma < 0:
-            raise ValueError(f'network {self.name}: need latency >= 0, bandwidth > 0 and '
-                             f'reduction cost >= 0 (got alpha={self.alpha}, beta={self.beta}, '
-                             f'gamma={self.gamma})')
+        if self.alpha < 0 or self.beta <= 0 or self.gamma < 0 or self.sigma < 0:
+            raise ValueError(f'network {self.name}: need latency >= 0, bandwidth > 0, '
+                             f'reduction cost >= 0 and step cost >= 0 (got alpha={self.alpha}, '
+                             f'beta={self.beta}, gamma={self.gamma}, sigma={self.sigma})')
 
     def allreduce_time(self, nbytes, ranks):
         """Seconds for one allreduce of ``nbytes`` over ``ranks`` ranks."""
@@ -90,7 +99,7 @@ class Network:
         busy = (ranks - 1) / ranks * nbytes * (1 / self.beta + gamma)
         steps = {'ring': ranks - 1, 'recursive-doubling': math.ceil(math.log2(ranks)),
                  'rabenseifner': math.ceil(math.log2(ranks))}
-        options = [(steps[name] * self.alpha, busy) for name in steps
+        options = [(steps[name] * self.alpha, busy + steps[name] * self.sigma) for name in steps
                    if self.algorithm in ('auto', name)]
         return min(options, key=sum)
 
@@ -99,22 +108,25 @@ class Network:
 
     def describe(self):
         reduce = f', reduction {1e-9 / self.gamma:.3g} GB/s' if self.gamma else ''
+        step = f', {1e6 * self.sigma:.3g} us per step' if self.sigma else ''
         return (f'{self.name}: latency {1e6 * self.alpha:.3g} us, bandwidth '
-                f'{self.beta / 1e9:.3g} GB/s ({8 * self.beta / 1e9:.3g} Gbit/s){reduce}, '
+                f'{self.beta / 1e9:.3g} GB/s ({8 * self.beta / 1e9:.3g} Gbit/s){reduce}{step}, '
                 f'{self.algorithm} allreduce')
 
 
 def _ring(net, n, p):
-    return 2 * (p - 1) * net.alpha, (p - 1) / p * n * (2 / net.beta + net.gamma)
+    steps = 2 * (p - 1)
+    return steps * net.alpha, (p - 1) / p * n * (2 / net.beta + net.gamma) + steps * net.sigma
 
 
 def _recursive_doubling(net, n, p):
     steps = math.ceil(math.log2(p))
-    return steps * net.alpha, steps * n * (1 / net.beta + net.gamma)
+    return steps * net.alpha, steps * (n * (1 / net.beta + net.gamma) + net.sigma)
 
 
 def _rabenseifner(net, n, p):
-    return 2 * math.ceil(math.log2(p)) * net.alpha, (p - 1) / p * n * (2 / net.beta + net.gamma)
+    steps = 2 * math.ceil(math.log2(p))
+    return steps * net.alpha, (p - 1) / p * n * (2 / net.beta + net.gamma) + steps * net.sigma
 
 
 _COSTS = {'ring': _ring, 'recursive-doubling': _recursive_doubling,
