@@ -130,6 +130,36 @@ def test_sharded_by_hand():
     assert steady_iteration(one, 'sharded') == pytest.approx(5)
 
 
+def test_parameter_servers_by_hand():
+    # One layer of n = 4 MB, forward 1, backward 2 (s), on a link of beta = 4 MB/s,
+    # servers updating 8 MB/s: W = 2 workers push (1 s), the server sums and
+    # updates ((W + 1) n / rate = 1.5 s) and answers both (W n / beta = 2 s); the
+    # next forward waits for it: a period of 1 + 2 + 1 + 1.5 + 2 = 7.5. A switch
+    # port at the server (ingress) takes the two pushes in W n / beta = 2 s, not 1.
+    n = 4_000_000
+    p = replace(plan([1.0], [2.0], [0.0], [n // 4], 0.0), ranks=2, servers=1,
+                network=Network(0.0, 4e6), param_bytes=[n], update_rate=8e6,
+                server_ingress=False)
+    for kind in ('ps-sync', 'ps-async'):   # identical workers: nothing for staleness to hide
+        assert iteration_ends(p, kind, 2) == pytest.approx([3, 10.5])
+        assert steady_iteration(p, kind) == pytest.approx(7.5)
+    assert steady_iteration(replace(p, server_ingress=True), 'ps-sync') == pytest.approx(8.5)
+    # Two servers split the layer: each half is pushed in 0.5 s; server 0 answers
+    # its half at 3.5 + 0.75 + 1 = 5.25, server 1 (pushed 3.5..4) its own at
+    # 4 + 0.75 + 1 = 5.75; the next iteration's forward starts then: ends 8.75.
+    two = replace(p, servers=2)
+    assert iteration_ends(two, 'ps-sync', 2) == pytest.approx([3, 8.75])
+
+
+def test_parameter_server_pieces_follow_the_job():
+    from layerasync.sim.ps import pieces_of
+    # Arena order is backward order: layer 2 (160 values) first, then layer 1 (96).
+    # Two servers' shares are 128 values; the nearest blob boundary (160) is too
+    # far, so layer 2 is cut at 128, as ps.layout.shard cuts a job's blobs.
+    assert pieces_of([0, 384, 640], 2) == [(2, 0, 512), (2, 1, 128), (1, 1, 384)]
+    assert sum(n for _, _, n in pieces_of([0, 384, 640], 3)) == 1024
+
+
 def test_compression_halves_the_allreduce_not_sharded():
     profile = profile_dict()
     plain = make_plan(profile, fabric('10gbe'), 4, update_rate=1e9, scheduler='fifo')
@@ -220,8 +250,8 @@ def test_strategy_names_are_the_trainers():
                          ('layerwise:random', "apply order 'random' is not one of all, ordered"),
                          ('sync:1', "strategy 'sync' takes no argument"),
                          ('fastest', "unknown strategy 'fastest'"),
-                         ('ps-sync', "strategy 'ps-sync' is not modelled by the simulator; it "
-                                     'models sync, layerwise')]:
+                         ('local-sgd:2', "strategy 'local-sgd:2' is not modelled by the "
+                                         'simulator; it models sync, layerwise')]:
         with pytest.raises(ValueError, match=message):
             modelled_strategy(bad)
         with pytest.raises(ValueError, match=message):

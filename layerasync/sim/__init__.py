@@ -68,7 +68,7 @@ class Result:
 def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
               chunk_bytes=DEFAULTS['chunk_bytes'], in_flight=DEFAULTS['max_in_flight'],
               scheduler=DEFAULT_SCHEDULER, update_rate=2.5e9, compute_speedup=1.0,
-              hook_overhead=0.0, compress=None):
+              hook_overhead=0.0, compress=None, servers=1, server_ingress=True):
     """The ``schedule.Plan`` of one rank of ``ranks``.
 
     ``update_rate``: parameter bytes per second of the solver update.
@@ -80,11 +80,16 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     see ``schedule``); measured, not derived — 0 assumes it away.
     ``compress``: ``fp16`` or ``bf16`` sends each allreduce in half the bytes
     (``WIRE_RATIO``; the strategies that do not compress, ``sharded`` and
-    ``local-sgd``, are not modelled with it). fusion/chunk/in-flight/scheduler
+    ``local-sgd``, are not modelled with it). ``servers``: the parameter
+    servers of ``ps-sync``/``ps-async`` (``ranks`` are then the workers);
+    ``server_ingress``: whether a server's port limits what it receives (a
+    real switch: yes; the emulated cluster shapes egress only). fusion/chunk/in-flight/scheduler
     mean what ``layerasync train``'s flags do, and default to its defaults.
     """
     if compute_speedup <= 0:
         raise ValueError(f'compute_speedup must be positive, not {compute_speedup}')
+    if servers < 1:
+        raise ValueError(f'servers must be at least 1, not {servers}')
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler '{scheduler}' is not one of {', '.join(SCHEDULERS)}")
     layers = profile['layers']
@@ -120,7 +125,10 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                 scatter_parts=[network.reduce_scatter_parts(n / WIRE_RATIO[compress], ranks)
                                for n in sizes],
                 gather_parts=[network.allgather_parts(n / WIRE_RATIO[compress], ranks)
-                              for n in sizes], ranks=ranks)
+                              for n in sizes], ranks=ranks,
+                servers=servers, network=network, server_ingress=server_ingress,
+                param_bytes=[layer['param_bytes'] for layer in layers],
+                update_rate=update_rate * compute_speedup)
 
 
 def simulate(profile, network, ranks, strategies=DEFAULT_STRATEGIES, **settings):

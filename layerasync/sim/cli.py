@@ -112,6 +112,12 @@ def add_commands(subparsers):
     g.add_argument('--scheduler', choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER,
                    help='post order: as ready, or forward priority; auto: as layerasync train '
                         'chooses, from the modelled link (default %(default)s)')
+    g.add_argument('--servers', type=int, default=1, metavar='S',
+                   help='parameter servers of the ps-sync / ps-async rows, P then counting '
+                        'the workers (default %(default)s)')
+    g.add_argument('--unshaped-ingress', action='store_true',
+                   help="a server's port does not limit what it receives (the emulated "
+                        'cluster, which shapes each host\'s egress only)')
     g = p.add_argument_group('output')
     g.add_argument('--csv', metavar='FILE', help='write the table as CSV')
     g.add_argument('--plot', metavar='FILE.png', help='plot speed-up and efficiency against P')
@@ -148,7 +154,8 @@ def cmd_sim(args):
     settings = dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                     in_flight=args.in_flight, scheduler=args.scheduler, update_rate=update_rate,
                     compute_speedup=args.compute_speedup, hook_overhead=hook,
-                    compress=args.compress)
+                    compress=args.compress, servers=args.servers,
+                    server_ingress=not args.unshaped_ingress)
     results = simulate(profile, network, args.ranks, strategies, **settings)
     plan = make_plan(profile, network, 1, **settings)
     megabytes = sum(layer['param_bytes'] for layer in profile['layers']) / 1e6

@@ -34,11 +34,12 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from ..strategies import known, parse_strategy
+from .ps import KINDS as PS_KINDS, ps_iteration_ends
 
 __all__ = ['Plan', 'Link', 'iteration_ends', 'steady_iteration', 'modelled_strategy', 'MODELLED']
 
-# The strategies this model plays; the parameter servers are not modelled.
-MODELLED = ('sync', 'layerwise', 'async-layerwise', 'delayed', 'sharded')
+# The strategies this model plays (the parameter servers: ``sim.ps``).
+MODELLED = ('sync', 'layerwise', 'async-layerwise', 'delayed', 'sharded', 'ps-sync', 'ps-async')
 
 
 @dataclass
@@ -51,7 +52,11 @@ class Plan:
     time of one strategy hook that posts or progresses communication.
     ``scatter_parts`` / ``gather_parts``: (latency, busy) of each chunk's
     reduce-scatter and all-gather, for ``sharded`` (see ``sharded()``), whose
-    updates cover 1/``ranks`` of each layer.
+    updates cover 1/``ranks`` of each layer. For the parameter servers
+    (``sim.ps``): ``ranks`` workers and ``servers`` servers, the
+    ``network`` their messages cross (``server_ingress``: whether a server's
+    port limits what it receives), the layers' ``param_bytes`` and the
+    servers' ``update_rate`` (parameter bytes per second).
     """
     forward_s: list
     backward_s: list
@@ -67,6 +72,11 @@ class Plan:
     scatter_parts: list = None
     gather_parts: list = None
     ranks: int = 1
+    servers: int = 1
+    network: object = None
+    server_ingress: bool = True
+    param_bytes: list = None
+    update_rate: float = 2.5e9
 
     def __post_init__(self):
         if self.chunk_latency_s is None:
@@ -209,6 +219,8 @@ def iteration_ends(plan, strategy, iterations):
     kind, argument = modelled_strategy(strategy)
     if kind == 'sharded':
         return _sharded_ends(plan, iterations)
+    if kind in PS_KINDS:
+        return ps_iteration_ends(plan, kind, iterations)
     p, link = plan, Link(plan)
     buckets = p.buckets
     needed_by = {b.priority: b.index for b in buckets}
