@@ -5,8 +5,9 @@
 Two cores cannot compute for 16 ranks, but they carry 16 ranks' real MPI
 traffic when the computation is replayed (``--compute replay``, see
 docs/cluster.md, section 6). For each net of the matrix (``NETS``) the script
-profiles the net once, in one process alone (``layerasync time --json``),
-and then for each P of ``--ranks`` brings up an emulated cluster of P hosts
+profiles the net once, in one process alone (``layerasync time --json``; a
+profile kept from an earlier run is reused, so that every row of a net
+replays the same one), and then for each P of ``--ranks`` brings up an emulated cluster of P hosts
 (P + S for S servers) whose links run at the net's bandwidth and runs:
 
 - ``layerasync bench`` of the allreduce strategies on P ranks;
@@ -31,7 +32,7 @@ On each cluster of P hosts (no servers) it also times allreduces of 4 KB to
 P, before it predicts the rows.
 
 Rows are appended to ``--csv`` as ``layerasync bench`` writes them, with the
-net, the link and the speed-up added, and printed as they come. Cost: a
+net, the link, the speed-up and the straggler factor added, and printed as they come. Cost: a
 bench at P ranks starts P Python processes on two cores (about 3 s of CPU
 each) and times ``--iterations`` iterations per row and round; the
 seconds each bench took are printed.
@@ -62,11 +63,33 @@ def sweep(path):
                     '--batches', '3', '--budget', '0.5'])
 
 
+def append_row(path, row):
+    """Add ``row`` to the CSV at ``path``, its header the union of every row's fields
+    (rows of an older run may lack a newer field: it reads empty)."""
+    rows = []
+    if os.path.exists(path):
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    rows.append(row)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path + '.new', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval='')
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + '.new', path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--nets', default=','.join(NETS), help=f"of: {', '.join(NETS)}")
     p.add_argument('--ranks', default='2,4,8,16', help='worker counts P')
     p.add_argument('--servers', default='1,2,4', help="server counts S for the ps rows ('' none)")
+    p.add_argument('--runs', default='allreduce,ps',
+                   help="which runs: 'allreduce' (the strategies on P ranks), 'ps' (P "
+                        "workers and S servers), or both (default %(default)s)")
+    p.add_argument('--straggler', type=float, default=1.0, metavar='F',
+                   help='the last worker replays F times slower (--straggler P-1:F); '
+                        'the rows say F (default %(default)s: none)')
     p.add_argument('--iterations', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--rounds', type=int, default=2)
@@ -82,19 +105,21 @@ def main():
     nets = [n for n in args.nets.split(',') if n]
     ranks = [int(r) for r in args.ranks.split(',') if r]
     servers = [int(s) for s in args.servers.split(',') if s]
-    fresh = not os.path.exists(args.csv)
     profiles = args.profiles or os.path.dirname(os.path.abspath(args.csv))
     os.makedirs(profiles, exist_ok=True)
-    with open(args.csv, 'a', newline='') as table, \
-            tempfile.TemporaryDirectory(prefix='layerasync-scale-') as folder:
-        writer = None
+    with tempfile.TemporaryDirectory(prefix='layerasync-scale-') as folder:
         for model in nets:
             batch, remove, speedup, bandwidth = NETS[model]
             path = os.path.join(profiles, f'{model}.json')
-            profile(model, batch, remove, path)
-            runs = [(P, 0) for P in ranks] + [(P, s) for P in ranks for s in servers]
+            if not os.path.exists(path):   # the rows already measured used this one
+                profile(model, batch, remove, path)
+            kinds = set(args.runs.split(','))
+            runs = (([(P, 0) for P in ranks] if 'allreduce' in kinds else [])
+                    + ([(P, s) for P in ranks for s in servers] if 'ps' in kinds else []))
             for P, s in runs:
                 flags = ['--compute', f'replay:{path}', '--compute-speedup', f'{speedup:g}']
+                if args.straggler != 1:
+                    flags += ['--straggler', f'{P - 1}:{args.straggler:g}']
                 if s:
                     flags += ['--servers', str(s)]
                 start = time.perf_counter()
@@ -103,23 +128,18 @@ def main():
                         folder, model, batch, ALLREDUCE if not s else 'ps-sync,ps-async',
                         args.iterations, args.warmup, args.rounds, remove, flags)
                     calibration = os.path.join(profiles, f'sweep-{bandwidth}-{P}.json')
-                    if not s and not os.path.exists(calibration):
+                    if not s and args.straggler == 1 and not os.path.exists(calibration):
                         sweep(calibration)
                 sent = max(sent)
                 for row in rows:
                     if s and row['row'] not in ('ps-sync', 'ps-async'):
                         continue   # the allreduce rows of a PS bench run on P workers alone
                     row.update(net=model, link=bandwidth, speedup=speedup,
-                               host_mb_sent=f'{sent / 1e6:.1f}')
-                    if writer is None:
-                        writer = csv.DictWriter(table, fieldnames=list(row))
-                        if fresh:
-                            writer.writeheader()
-                    writer.writerow(row)
+                               straggler=args.straggler, host_mb_sent=f'{sent / 1e6:.1f}')
+                    append_row(args.csv, row)
                     print(f"{model:<13} P={P:<2} S={s} {row['row']:<16} "
                           f"{float(row['ms_per_iter']):8.1f} ms  spread "
                           f"{float(row['spread']):.1%}", flush=True)
-                table.flush()
                 print(f'  ({time.perf_counter() - start:.0f} s)', file=sys.stderr, flush=True)
 
 

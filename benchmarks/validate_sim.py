@@ -20,7 +20,11 @@ measured here) in two ways:
   communicator's chunks and in-flight limit, no compute) sets ``sigma``, the
   model's busy time per message step (``layerasync sim --step-cost``).
 
-Neither touches the strategy rows, which are the predictions. Printed per net
+Neither touches the strategy rows, which are the predictions. The
+parameter-server rows (``ps-sync``, ``ps-async`` with S servers) are
+predicted with ``--servers S`` and ``--unshaped-ingress`` (the emulated
+hosts' egress only is shaped), calibrated by the compute row of the
+allreduce run at the same P. Printed per net
 and P: measured, both predictions and their errors (predicted / measured - 1)
 for the compute and comm rows and each modelled strategy, then the median and
 worst absolute error of the strategy rows at each P. ``--plot FILE.png``
@@ -57,7 +61,9 @@ def link_at(ranks, link, folder, latency):
 
 def calibrate(profile, network, ranks, measured, settings):
     """(compute speed-up, network with sigma) that reproduce the compute and
-    comm rows measured at ``ranks``."""
+    comm rows measured at ``ranks`` (the allreduce run; its parameter-server
+    runs at the same P use them too: sigma then plays no part, the servers'
+    messages are point to point)."""
     profiled = make_plan(profile, network, ranks, **{**settings, 'compute_speedup': 1.0})
     speedup = profiled.compute_s / (float(measured['compute']['ms_per_iter']) / 1e3)
     target = float(measured['comm']['ms_per_iter']) / 1e3
@@ -92,40 +98,55 @@ def main():
     args = p.parse_args()
     folder = args.profiles or os.path.dirname(os.path.abspath(args.csv))
     with open(args.csv) as f:
-        rows = [r for r in csv.DictReader(f) if r.get('servers', '0') in ('0', '')]
+        rows = list(csv.DictReader(f))
     if not rows:
-        raise SystemExit(f'{args.csv}: no allreduce rows (run benchmarks/scale.py first)')
-    groups = collections.defaultdict(dict)
+        raise SystemExit(f'{args.csv}: no rows (run benchmarks/scale.py first)')
+    groups = collections.defaultdict(dict)   # (net, link, speed-up, P, S): {row: measured}
     for r in rows:   # the last measurement of a row wins
-        groups[r['net'], r['link'], float(r['speedup']), int(r['ranks'])][r['row']] = r
+        groups[r['net'], r['link'], float(r['speedup']), float(r.get('straggler') or 1),
+               int(r['ranks']), int(r['servers'] or 0)][r['row']] = r
     update_rate = measure_update_rate(8 << 20)
     errors = collections.defaultdict(lambda: ([], []))   # P: (link errors, calibrated errors)
     lines = collections.defaultdict(lambda: ([], [], []))   # (net, strategy): P, measured, model
-    print(f"{'net':<13} {'P':>3} {'row':<16} {'measured':>9} {'link':>8} {'error':>7} "
+    calibration = {}   # (net, link, speed-up, straggler, P): (speed-up, network), from S = 0
+    print(f"{'net':<13} {'P':>3} {'S':>2} {'row':<16} {'measured':>9} {'link':>8} {'error':>7} "
           f"{'calibrated':>10} {'error':>7}")
-    for (net, link, speedup, ranks), measured in sorted(groups.items()):
+    for (net, link, speedup, slow, ranks, servers), measured in sorted(groups.items()):
         profile = load_profile(os.path.join(folder, f'{net}.json'))
         strategies = [name for name in measured if modelled(name)]
-        settings = dict(update_rate=update_rate, compute_speedup=speedup)
+        # The servers' hosts are shaped like the workers' on egress only.
+        settings = dict(update_rate=update_rate, compute_speedup=speedup, straggler=slow,
+                        servers=max(servers, 1), server_ingress=False)
         network = link_at(ranks, link, folder, parse_latency(args.latency))
         plain = predict(profile, network, ranks, strategies, settings)
-        fitted_speedup, fitted = calibrate(profile, network, ranks, measured, settings)
+        key = net, link, speedup, slow, ranks
+        if not servers:
+            calibration[key] = calibrate(profile, network, ranks, measured, settings)
+        if key not in calibration:
+            print(f'{net:<13} {ranks:>3} {servers:>2}: no allreduce rows at this P (and straggler) to '
+                  'calibrate from; skipped\n')
+            continue
+        fitted_speedup, fitted = calibration[key]
         tuned = predict(profile, fitted, ranks, strategies,
                         {**settings, 'compute_speedup': fitted_speedup})
         for name, r in measured.items():
-            if name not in plain:
+            if name not in plain or (servers and name not in strategies):
                 continue
             got = float(r['ms_per_iter'])
             e_plain, e_tuned = plain[name] / got - 1, tuned[name] / got - 1
+            row = (f'{name} (S={servers})' if servers else name) + (
+                f', straggler x{slow:g}' if slow != 1 else '')
             if name in strategies:
                 errors[ranks][0].append(abs(e_plain))
                 errors[ranks][1].append(abs(e_tuned))
-                for series, value in zip(lines[net, name], (ranks, got, tuned[name])):
+                for series, value in zip(lines[net, row], (ranks, got, tuned[name])):
                     series.append(value)
-            print(f'{net:<13} {ranks:>3} {name:<16} {got:>9.1f} {plain[name]:>8.1f} '
+            print(f'{net:<13} {ranks:>3} {servers:>2} {row:<16} {got:>9.1f} {plain[name]:>8.1f} '
                   f'{e_plain:>+7.1%} {tuned[name]:>10.1f} {e_tuned:>+7.1%}')
-        print(f'{"":<13} {"":>3} link: {network.describe()}; calibrated: compute / '
-              f'{fitted_speedup:.3f}, {1e6 * fitted.sigma:.0f} us per step\n')
+        if not servers:
+            print(f'{"":<13} link: {network.describe()}; calibrated: compute / '
+                  f'{fitted_speedup:.3f}, {1e6 * fitted.sigma:.0f} us per step')
+        print()
     print(f"{'P':>3} {'rows':>4} {'link: median':>13} {'worst':>6} {'calibrated: median':>19} "
           f"{'worst':>6}")
     for ranks in sorted(errors):

@@ -1,8 +1,8 @@
 """Argument types shared by the commands."""
 import argparse
 
-__all__ = ['count', 'seconds', 'layer_types', 'compute_mode', 'positive', 'add_compute_arguments',
-           'replayed_compute']
+__all__ = ['count', 'seconds', 'layer_types', 'compute_mode', 'positive', 'straggler',
+           'add_compute_arguments', 'replayed_compute']
 
 
 def count(low):
@@ -72,6 +72,15 @@ def compute_mode(text):
                                      'written by layerasync time --json)')
 
 
+def straggler(text):
+    """An argparse type: ``RANK:F``, a rank (>= 0) and a positive factor; (rank, factor)."""
+    rank, colon, factor = text.partition(':')
+    if not colon:
+        raise argparse.ArgumentTypeError(f'{text!r}: give RANK:F, e.g. 1:1.5 (rank 1 computes '
+                                         '1.5 times slower)')
+    return count(0)(rank), positive(factor)
+
+
 def add_compute_arguments(p):
     p.add_argument('--compute', type=compute_mode, default=('real', None),
                    metavar='real|replay[:PROFILE]',
@@ -80,16 +89,30 @@ def add_compute_arguments(p):
                         'computing, while communication and updates run for real')
     p.add_argument('--compute-speedup', type=positive, default=1.0, metavar='X',
                    help='with --compute replay: divide the profiled times by X (a faster node)')
+    p.add_argument('--straggler', type=straggler, default=None, metavar='RANK:F',
+                   help='with --compute replay: rank RANK replays F times slower than the '
+                        'others (a straggler; F < 1 a faster rank)')
 
 
 def replayed_compute(args, net, comm=None, log=print):
     """Apply ``--compute replay`` to ``net`` (nothing for ``real``); with ``comm``,
     rank 0 measures a missing profile and every rank replays it."""
     mode, path = args.compute
+    slow = getattr(args, 'straggler', None)
     if mode == 'real':
         if args.compute_speedup != 1.0:
             raise ValueError('--compute-speedup scales replayed compute: give --compute replay')
+        if slow is not None:
+            raise ValueError('--straggler slows replayed compute: give --compute replay')
         return None
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    speedup = args.compute_speedup
+    if slow is not None:
+        if slow[0] >= size:
+            raise ValueError(f'--straggler {slow[0]}:{slow[1]:g}: there is no rank {slow[0]} in '
+                             f'a job of {size} rank(s)')
+        if rank == slow[0]:
+            speedup /= slow[1]
     from .replay import load_profile, replay
     from .timing import profile_net
     if path:
@@ -101,9 +124,11 @@ def replayed_compute(args, net, comm=None, log=print):
             profile = profile_net(net, 5)
         if comm is not None:
             profile = comm.bcast(profile)
-    replay(net, profile, args.compute_speedup)
+    replay(net, profile, speedup)
     total = sum(row['forward_ms'] + row['backward_ms'] for row in profile['layers'])
     speed = f' at {args.compute_speedup:g}x speed' if args.compute_speedup != 1 else ''
+    if slow is not None:
+        speed += f', rank {slow[0]} {slow[1]:g}x slower'
     log(f"Compute replayed from {profile.get('path', 'the measured profile')}{speed}: "
         f'{total / args.compute_speedup:.1f} ms of forward and backward per iteration')
     return profile

@@ -125,3 +125,17 @@ def test_bad_profiles_are_refused_by_name(profile, tmp_path):
             replay(solver.net, profile, 0)
     finally:
         solver.close()
+
+
+def test_the_straggler_argument_names_what_is_wrong():
+    import argparse
+
+    from layerasync._args import replayed_compute, straggler
+    assert straggler('1:1.5') == (1, 1.5)
+    for bad, message in [('1', 'give RANK:F'), ('-1:2', 'below the least allowed'),
+                         ('1:0', 'not a positive'), ('x:2', 'not a whole number')]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            straggler(bad)
+    args = argparse.Namespace(compute=('real', None), compute_speedup=1.0, straggler=(0, 2.0))
+    with pytest.raises(ValueError, match='--straggler slows replayed compute'):
+        replayed_compute(args, None)

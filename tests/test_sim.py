@@ -151,6 +151,28 @@ def test_parameter_servers_by_hand():
     assert iteration_ends(two, 'ps-sync', 2) == pytest.approx([3, 8.75])
 
 
+def test_a_straggler_sets_the_pace():
+    # The others wait for it at every collective: the plan is the straggler's,
+    # forward and backward F times longer, its update and the links unchanged.
+    net = Network(1e-5, 1e8)
+    slow = make_plan(profile_dict(), net, 4, straggler=1.5, update_rate=1e9)
+    plain = make_plan(profile_dict(), net, 4, update_rate=1e9)
+    assert slow.forward_s == pytest.approx([1.5 * f for f in plain.forward_s])
+    assert slow.backward_s == pytest.approx([1.5 * b for b in plain.backward_s])
+    assert (slow.update_s, slow.chunk_busy_s) == (plain.update_s, plain.chunk_busy_s)
+    # One rank has nobody to be slower than.
+    assert make_plan(profile_dict(), net, 1, straggler=1.5).forward_s == \
+        make_plan(profile_dict(), net, 1).forward_s
+    [sync, ps_sync] = simulate(profile_dict(), net, [4], ['sync', 'ps-sync'], straggler=1.5,
+                               update_rate=1e9)
+    assert sync.iteration_ms > simulate(profile_dict(), net, [4], ['sync'],
+                                        update_rate=1e9)[0].iteration_ms
+    with pytest.raises(ValueError, match='ps-async with a straggler is not modelled'):
+        simulate(profile_dict(), net, [4], ['ps-async'], straggler=1.5, update_rate=1e9)
+    with pytest.raises(ValueError, match='straggler factor must be positive'):
+        make_plan(profile_dict(), net, 4, straggler=0)
+
+
 def test_parameter_server_pieces_follow_the_job():
     from layerasync.sim.ps import pieces_of
     # Arena order is backward order: layer 2 (160 values) first, then layer 1 (96).

@@ -68,7 +68,7 @@ class Result:
 def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
               chunk_bytes=DEFAULTS['chunk_bytes'], in_flight=DEFAULTS['max_in_flight'],
               scheduler=DEFAULT_SCHEDULER, update_rate=2.5e9, compute_speedup=1.0,
-              hook_overhead=0.0, compress=None, servers=1, server_ingress=True):
+              hook_overhead=0.0, compress=None, servers=1, server_ingress=True, straggler=1.0):
     """The ``schedule.Plan`` of one rank of ``ranks``.
 
     ``update_rate``: parameter bytes per second of the solver update.
@@ -82,6 +82,11 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     (``WIRE_RATIO``; the strategies that do not compress, ``sharded`` and
     ``local-sgd``, are not modelled with it). ``servers``: the parameter
     servers of ``ps-sync``/``ps-async`` (``ranks`` are then the workers);
+    ``straggler``: one rank's forward and backward take F times the others'
+    (``--straggler RANK:F`` of a replayed run). Every collective, and every
+    ``ps-sync`` answer, waits for that rank, which therefore stands for all:
+    the plan is its own. (``ps-async`` with a straggler is not modelled: its
+    fast workers' answers interleave with the straggler's on the servers.)
     ``server_ingress``: whether a server's port limits what it receives (a
     real switch: yes; the emulated cluster shapes egress only). fusion/chunk/in-flight/scheduler
     mean what ``layerasync train``'s flags do, and default to its defaults.
@@ -90,6 +95,8 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
         raise ValueError(f'compute_speedup must be positive, not {compute_speedup}')
     if servers < 1:
         raise ValueError(f'servers must be at least 1, not {servers}')
+    if not straggler > 0:
+        raise ValueError(f'the straggler factor must be positive, not {straggler}')
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler '{scheduler}' is not one of {', '.join(SCHEDULERS)}")
     layers = profile['layers']
@@ -114,8 +121,9 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     round_s = (network.with_(algorithm='auto').allreduce_time(
         ROUND_BYTES_PER_CHUNK * len(chunks), ranks) if priority else 0.0)
     scale = 1 / compute_speedup
-    return Plan(forward_s=[scale * 1e-3 * layer['forward_ms'] for layer in layers],
-                backward_s=[scale * 1e-3 * layer['backward_ms'] for layer in layers],
+    slow = scale * straggler if ranks > 1 else scale
+    return Plan(forward_s=[slow * 1e-3 * layer['forward_ms'] for layer in layers],
+                backward_s=[slow * 1e-3 * layer['backward_ms'] for layer in layers],
                 update_s=[scale * layer['param_bytes'] / update_rate for layer in layers],
                 buckets=buckets, chunks=chunks, chunk_busy_s=[busy for _, busy in parts],
                 chunk_latency_s=[latency for latency, _ in parts],
@@ -128,7 +136,7 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                               for n in sizes], ranks=ranks,
                 servers=servers, network=network, server_ingress=server_ingress,
                 param_bytes=[layer['param_bytes'] for layer in layers],
-                update_rate=update_rate * compute_speedup)
+                update_rate=update_rate * compute_speedup, straggler=straggler)
 
 
 def simulate(profile, network, ranks, strategies=DEFAULT_STRATEGIES, **settings):

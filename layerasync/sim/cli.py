@@ -89,6 +89,10 @@ def add_commands(subparsers):
     g.add_argument('--compute-speedup', type=float, default=1.0, metavar='S',
                    help='what if a rank computed S times faster than the profiled process '
                         '(e.g. a many-core node); divides forward, backward and update times')
+    g.add_argument('--straggler', type=_argument(float), default=1.0, metavar='F',
+                   help="one rank's forward and backward take F times the others' (as "
+                        '--straggler RANK:F of a replayed run); the others wait for it at '
+                        'every collective (default %(default)s)')
     g.add_argument('--hook-overhead', type=_argument(parse_latency), metavar='TIME',
                    help='compute time per layer hook that drives communication, e.g. 50us '
                         '(default: the sweep\'s hook_overhead_s with --network, else 0)')
@@ -155,7 +159,7 @@ def cmd_sim(args):
                     in_flight=args.in_flight, scheduler=args.scheduler, update_rate=update_rate,
                     compute_speedup=args.compute_speedup, hook_overhead=hook,
                     compress=args.compress, servers=args.servers,
-                    server_ingress=not args.unshaped_ingress)
+                    server_ingress=not args.unshaped_ingress, straggler=args.straggler)
     results = simulate(profile, network, args.ranks, strategies, **settings)
     plan = make_plan(profile, network, 1, **settings)
     megabytes = sum(layer['param_bytes'] for layer in profile['layers']) / 1e6

@@ -50,6 +50,10 @@ def ps_iteration_ends(plan, kind, iterations):
     ``plan.servers`` servers, from time 0."""
     if kind not in KINDS:
         raise ValueError(f"'{kind}' is not a parameter-server strategy ({', '.join(KINDS)})")
+    if kind == 'ps-async' and plan.straggler != 1:
+        raise ValueError('ps-async with a straggler is not modelled: its fast workers run '
+                         'ahead and their answers interleave with the straggler\'s on the '
+                         'servers (model ps-sync, or no straggler)')
     if plan.network is None or plan.param_bytes is None:
         raise ValueError('this plan has no network or parameter bytes (make_plan gives them)')
     net, workers, servers = plan.network, plan.ranks, plan.servers

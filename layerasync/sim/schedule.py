@@ -56,7 +56,9 @@ class Plan:
     (``sim.ps``): ``ranks`` workers and ``servers`` servers, the
     ``network`` their messages cross (``server_ingress``: whether a server's
     port limits what it receives), the layers' ``param_bytes`` and the
-    servers' ``update_rate`` (parameter bytes per second).
+    servers' ``update_rate`` (parameter bytes per second). ``straggler``: the
+    factor by which the rank this plan stands for computes slower than the
+    others (its forward and backward are already scaled).
     """
     forward_s: list
     backward_s: list
@@ -77,6 +79,7 @@ class Plan:
     server_ingress: bool = True
     param_bytes: list = None
     update_rate: float = 2.5e9
+    straggler: float = 1.0
 
     def __post_init__(self):
         if self.chunk_latency_s is None:

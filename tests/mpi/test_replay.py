@@ -48,3 +48,33 @@ def test_replayed_strategies_equal_sync_and_one_process(comm, strategy):
     # Every rank adds the same gradient pattern: their mean is one process's.
     np.testing.assert_allclose(weights, replayed_weights(None, 'sync', profile),
                                rtol=1e-6, atol=1e-9)
+
+
+def test_a_straggler_replays_slower_and_only_it(comm, tmp_path):
+    import argparse
+    import json
+
+    from layerasync._args import replayed_compute
+    profile = lenet_profile(comm)
+    path = tmp_path / 'lenet.json'
+    path.write_text(json.dumps(profile))
+    slow = comm.size - 1
+    args = argparse.Namespace(compute=('replay', str(path)), compute_speedup=2.0,
+                              straggler=(slow, 3.0))
+    solver = make_solver('lenet', 4, comm.rank, comm.size, prefetch=False)
+    try:
+        replayed_compute(args, solver.net, comm, log=lambda *a: None)
+        factor = 3.0 if comm.rank == slow else 1.0
+        for layer, row in zip(solver.net.layers, profile['layers']):
+            assert layer.seconds == pytest.approx(
+                (factor * row['forward_ms'] / 2e3, factor * row['backward_ms'] / 2e3)), layer.name
+    finally:
+        solver.close()
+    args.straggler = (comm.size, 3.0)   # every rank refuses it alike: no rank hangs
+    solver = make_solver('lenet', 4, comm.rank, comm.size, prefetch=False)
+    try:
+        with pytest.raises(ValueError, match=f'--straggler {comm.size}:3: there is no rank '
+                                             f'{comm.size} in a job of {comm.size} rank'):
+            replayed_compute(args, solver.net, comm, log=lambda *a: None)
+    finally:
+        solver.close()
