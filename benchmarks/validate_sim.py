@@ -46,8 +46,9 @@ from layerasync.units import parse_rate
 MAX_SIGMA = 0.1   # seconds per step: the bisection's upper end
 
 
-def modelled(row):
-    return row.split(':')[0] in MODELLED
+def modelled(row, straggler=1.0):
+    """Does the simulator play bench row ``row`` (with that straggler factor)?"""
+    return row.split(':')[0] in MODELLED and not (row == 'ps-async' and straggler != 1)
 
 
 def link_at(ranks, link, folder, latency):
@@ -109,11 +110,11 @@ def main():
     errors = collections.defaultdict(lambda: ([], []))   # P: (link errors, calibrated errors)
     lines = collections.defaultdict(lambda: ([], [], []))   # (net, strategy): P, measured, model
     calibration = {}   # (net, link, speed-up, straggler, P): (speed-up, network), from S = 0
-    print(f"{'net':<13} {'P':>3} {'S':>2} {'row':<16} {'measured':>9} {'link':>8} {'error':>7} "
+    print(f"{'net':<13} {'P':>3} {'S':>2} {'row':<30} {'measured':>9} {'link':>8} {'error':>7} "
           f"{'calibrated':>10} {'error':>7}")
     for (net, link, speedup, slow, ranks, servers), measured in sorted(groups.items()):
         profile = load_profile(os.path.join(folder, f'{net}.json'))
-        strategies = [name for name in measured if modelled(name)]
+        strategies = [name for name in measured if modelled(name, slow)]
         # The servers' hosts are shaped like the workers' on egress only.
         settings = dict(update_rate=update_rate, compute_speedup=speedup, straggler=slow,
                         servers=max(servers, 1), server_ingress=False)
@@ -130,7 +131,10 @@ def main():
         tuned = predict(profile, fitted, ranks, strategies,
                         {**settings, 'compute_speedup': fitted_speedup})
         for name, r in measured.items():
-            if name not in plain or (servers and name not in strategies):
+            if name not in plain:
+                if servers:
+                    print(f'{net:<13} {ranks:>3} {servers:>2} {name}, straggler x{slow:g}: '
+                          f"{float(r['ms_per_iter']):.1f} ms measured, not modelled")
                 continue
             got = float(r['ms_per_iter'])
             e_plain, e_tuned = plain[name] / got - 1, tuned[name] / got - 1
@@ -141,7 +145,7 @@ def main():
                 errors[ranks][1].append(abs(e_tuned))
                 for series, value in zip(lines[net, row], (ranks, got, tuned[name])):
                     series.append(value)
-            print(f'{net:<13} {ranks:>3} {servers:>2} {row:<16} {got:>9.1f} {plain[name]:>8.1f} '
+            print(f'{net:<13} {ranks:>3} {servers:>2} {row:<30} {got:>9.1f} {plain[name]:>8.1f} '
                   f'{e_plain:>+7.1%} {tuned[name]:>10.1f} {e_tuned:>+7.1%}')
         if not servers:
             print(f'{"":<13} link: {network.describe()}; calibrated: compute / '
@@ -159,24 +163,32 @@ def main():
 
 
 def plot(lines, path):
+    """ms per iteration against P, a panel per net (and one for its parameter
+    servers): the model's lines, the measured dots. Straggler rows are left out."""
     from layerasync.plot import _matplotlib
     plt = _matplotlib()
-    nets = sorted({net for net, _ in lines})
-    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
-    for ax, net in zip(axes[0], nets):
-        mine = sorted((strategy, series) for (n, strategy), series in lines.items() if n == net)
+    panels = {}
+    for (net, strategy), series in sorted(lines.items()):
+        if 'straggler' in strategy:
+            continue
+        kind = 'parameter servers' if strategy.startswith('ps-') else 'allreduce'
+        panels.setdefault((net, kind), []).append((strategy, series))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
+    for ax, ((net, kind), mine) in zip(axes[0], sorted(panels.items())):
         for k, (strategy, (ranks, got, predicted)) in enumerate(mine):
             colour = f'C{k % 10}'
-            ax.plot(ranks, predicted, color=colour, label=f'{strategy}: model')
-            ax.plot(ranks, got, 'o', color=colour, label=f'{strategy}: measured')
+            ax.plot(ranks, predicted, color=colour, label=strategy)
+            ax.plot(ranks, got, 'o', color=colour)
         ax.set_xscale('log', base=2)
-        ax.set_xlabel('ranks P')
+        if kind == 'parameter servers':
+            ax.set_yscale('log')
+        ax.set_xlabel('ranks P (workers)')
         ax.set_ylabel('ms per iteration')
-        ax.set_title(net)
+        ax.set_title(f'{net}, {kind}\n(lines: model, calibrated; dots: measured)', fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == '__main__':
