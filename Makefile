@@ -67,6 +67,7 @@ fuzz: $(STAMP)
 # Experiments: each writes its data and figures under $(OUT)/ and prints the
 # table that docs/results.md quotes (with these commands).
 OUT ?= out
+PAPER_PROFILES ?= $(OUT)
 BENCH_MODELS ?= lenet alexnet-mini resnet20
 BENCH_FLAGS ?= --batch 64 --iterations 30 --rounds 3
 LAYERASYNC := $(VENV)/bin/layerasync
@@ -138,6 +139,12 @@ bench-scale: $(STAMP)
 bench-validate: $(STAMP)
 	$(PY) benchmarks/validate_sim.py --csv $(OUT)/scale.csv --plot $(OUT)/validate_sim.png \
 		$(VALIDATE_FLAGS) | tee $(OUT)/validate_sim.md
+
+# The paper's setups by the validated model: AlexNet and GoogLeNet on 8..1,024 nodes
+# (profiles: layerasync time --json, see docs/simulator.md; PAPER_PROFILES their folder).
+paper-tables: $(STAMP)
+	mkdir -p $(OUT)
+	$(PY) benchmarks/paper.py --profiles $(PAPER_PROFILES) --csv $(OUT)/paper.csv | tee $(OUT)/paper.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -133,7 +133,8 @@ _COSTS = {'ring': _ring, 'recursive-doubling': _recursive_doubling,
           'rabenseifner': _rabenseifner}
 
 # Nominal fabrics, one rank per node. Bandwidth: the standard's data rate
-# (InfiniBand 4x EDR 100 Gbit/s, 4x HDR 200 Gbit/s; IEEE 802.3 10GBASE / 1000BASE)
+# (InfiniBand 4x EDR 100 Gbit/s, 4x HDR 200 Gbit/s; IEEE 802.3 100G, 25G,
+# 10GBASE and 1000BASE, through TCP)
 # times the share MPI typically gets (~95% on InfiniBand's RDMA, ~94% of
 # Ethernet frames is TCP payload). Latency: the order of published MPI
 # ping-pong latencies (a microsecond on InfiniBand with RDMA, tens of
@@ -142,6 +143,8 @@ _COSTS = {'ring': _ring, 'recursive-doubling': _recursive_doubling,
 FABRICS = {
     'ib-edr': Network(alpha=1.0e-6, beta=0.95 * 100e9 / 8, name='ib-edr'),
     'ib-hdr': Network(alpha=1.0e-6, beta=0.95 * 200e9 / 8, name='ib-hdr'),
+    '100gbe': Network(alpha=10e-6, beta=0.94 * 100e9 / 8, name='100gbe'),
+    '25gbe': Network(alpha=12e-6, beta=0.94 * 25e9 / 8, name='25gbe'),
     '10gbe': Network(alpha=15e-6, beta=0.94 * 10e9 / 8, name='10gbe'),
     '1gbe': Network(alpha=40e-6, beta=0.94 * 1e9 / 8, name='1gbe'),
     # Ranks of one node through shared memory: a copy bound by memory bandwidth.
