@@ -29,7 +29,7 @@ import csv
 import os
 import sys
 
-from layerasync.sim import fabric, load_profile, simulate
+from layerasync.sim import fabric, load_profile, make_plan, simulate
 from layerasync.sim.calibrate import measure_update_rate
 
 ALLREDUCE = ['sync', 'layerwise', 'async-layerwise', 'delayed:1']
@@ -64,8 +64,8 @@ def main():
     for name, path in (('AlexNet', args.alexnet), ('GoogLeNet', args.googlenet)):
         profile = load_profile(os.path.join(args.profiles, path))
         update_rate = args.update_rate or measure_update_rate(profile.get('param_bytes', 0))
-        compute = (profile['total_ms'] + 1e3 * profile['param_bytes'] / update_rate) / \
-            args.compute_speedup
+        compute = 1e3 * make_plan(profile, fabric('ib-edr'), 1, update_rate=update_rate,
+                                  compute_speedup=args.compute_speedup).compute_s
         print(f"\n{name}, batch {profile['batch']} per node, {compute:.0f} ms of compute and "
               f"update per iteration (profile / {args.compute_speedup:g}), "
               f"{profile['param_bytes'] / 1e6:.0f} MB of gradients")

@@ -27,9 +27,9 @@ counters) and the ``comm`` row at each P show whether it did.
 
 On each cluster of P hosts (no servers) it also times allreduces of 4 KB to
 4 MB (``benchmarks/allreduce_sweep.py``, the chunks' sizes) into
-``sweep-LINK-P.json`` beside the profiles: the calibration that
-``benchmarks/validate_sim.py --sweeps`` fits the simulator's link to, at each
-P, before it predicts the rows.
+``sweep-LINK-P.json`` beside the profiles: the link that
+``benchmarks/validate_sim.py`` fits the simulator to, at each P, before it
+predicts the rows.
 
 Rows are appended to ``--csv`` as ``layerasync bench`` writes them, with the
 net, the link, the speed-up and the straggler factor added, and printed as they come. Cost: a
@@ -63,14 +63,14 @@ def sweep(path):
                     '--batches', '3', '--budget', '0.5'])
 
 
-def append_row(path, row):
-    """Add ``row`` to the CSV at ``path``, its header the union of every row's fields
-    (rows of an older run may lack a newer field: it reads empty)."""
+def append_rows(path, new):
+    """Add the rows ``new`` to the CSV at ``path``, its header the union of every
+    row's fields (rows of an older run may lack a newer field: it reads empty)."""
     rows = []
     if os.path.exists(path):
         with open(path, newline='') as f:
             rows = list(csv.DictReader(f))
-    rows.append(row)
+    rows += new
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path + '.new', 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval='')
@@ -105,6 +105,9 @@ def main():
     nets = [n for n in args.nets.split(',') if n]
     ranks = [int(r) for r in args.ranks.split(',') if r]
     servers = [int(s) for s in args.servers.split(',') if s]
+    kinds = set(args.runs.split(','))
+    if not kinds <= {'allreduce', 'ps'}:
+        raise SystemExit(f"scale: --runs {args.runs}: give allreduce, ps or allreduce,ps")
     profiles = args.profiles or os.path.dirname(os.path.abspath(args.csv))
     os.makedirs(profiles, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='layerasync-scale-') as folder:
@@ -113,7 +116,6 @@ def main():
             path = os.path.join(profiles, f'{model}.json')
             if not os.path.exists(path):   # the rows already measured used this one
                 profile(model, batch, remove, path)
-            kinds = set(args.runs.split(','))
             runs = (([(P, 0) for P in ranks] if 'allreduce' in kinds else [])
                     + ([(P, s) for P in ranks for s in servers] if 'ps' in kinds else []))
             for P, s in runs:
@@ -131,12 +133,13 @@ def main():
                     if not s and args.straggler == 1 and not os.path.exists(calibration):
                         sweep(calibration)
                 sent = max(sent)
+                # The allreduce rows of a PS bench run on P workers alone: not kept.
+                rows = [row for row in rows if not s or row['row'] in ('ps-sync', 'ps-async')]
                 for row in rows:
-                    if s and row['row'] not in ('ps-sync', 'ps-async'):
-                        continue   # the allreduce rows of a PS bench run on P workers alone
                     row.update(net=model, link=bandwidth, speedup=speedup,
                                straggler=args.straggler, host_mb_sent=f'{sent / 1e6:.1f}')
-                    append_row(args.csv, row)
+                append_rows(args.csv, rows)
+                for row in rows:
                     print(f"{model:<13} P={P:<2} S={s} {row['row']:<16} "
                           f"{float(row['ms_per_iter']):8.1f} ms  spread "
                           f"{float(row['spread']):.1%}", flush=True)

@@ -40,6 +40,7 @@ import sys
 from layerasync.sim import load_profile, make_plan, simulate
 from layerasync.sim.calibrate import fit_network, load_sweep, measure_update_rate
 from layerasync.sim.model import Network, parse_latency
+from layerasync.sim.ps import not_modelled
 from layerasync.sim.schedule import MODELLED
 from layerasync.units import parse_rate
 
@@ -48,7 +49,7 @@ MAX_SIGMA = 0.1   # seconds per step: the bisection's upper end
 
 def modelled(row, straggler=1.0):
     """Does the simulator play bench row ``row`` (with that straggler factor)?"""
-    return row.split(':')[0] in MODELLED and not (row == 'ps-async' and straggler != 1)
+    return row.split(':')[0] in MODELLED and not not_modelled(row, straggler)
 
 
 def link_at(ranks, link, folder, latency):

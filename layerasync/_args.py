@@ -98,7 +98,7 @@ def replayed_compute(args, net, comm=None, log=print):
     """Apply ``--compute replay`` to ``net`` (nothing for ``real``); with ``comm``,
     rank 0 measures a missing profile and every rank replays it."""
     mode, path = args.compute
-    slow = getattr(args, 'straggler', None)
+    slow = args.straggler
     if mode == 'real':
         if args.compute_speedup != 1.0:
             raise ValueError('--compute-speedup scales replayed compute: give --compute replay')

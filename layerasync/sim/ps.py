@@ -27,9 +27,18 @@ the iteration ends when the worker's backward does.
 """
 from types import SimpleNamespace
 
-__all__ = ['KINDS', 'pieces_of', 'ps_iteration_ends']
+__all__ = ['KINDS', 'not_modelled', 'pieces_of', 'ps_iteration_ends']
 
 KINDS = ('ps-sync', 'ps-async')
+
+
+def not_modelled(kind, straggler=1.0):
+    """Why ``kind`` cannot be played with this straggler factor, or None."""
+    if kind == 'ps-async' and straggler != 1:
+        return ('ps-async with a straggler is not modelled: its fast workers run ahead and '
+                "their answers interleave with the straggler's on the servers (model "
+                'ps-sync, or no straggler)')
+    return None
 
 
 def pieces_of(param_bytes, servers, itemsize=4):
@@ -50,10 +59,9 @@ def ps_iteration_ends(plan, kind, iterations):
     ``plan.servers`` servers, from time 0."""
     if kind not in KINDS:
         raise ValueError(f"'{kind}' is not a parameter-server strategy ({', '.join(KINDS)})")
-    if kind == 'ps-async' and plan.straggler != 1:
-        raise ValueError('ps-async with a straggler is not modelled: its fast workers run '
-                         'ahead and their answers interleave with the straggler\'s on the '
-                         'servers (model ps-sync, or no straggler)')
+    refused = not_modelled(kind, plan.straggler)
+    if refused:
+        raise ValueError(refused)
     if plan.network is None or plan.param_bytes is None:
         raise ValueError('this plan has no network or parameter bytes (make_plan gives them)')
     net, workers, servers = plan.network, plan.ranks, plan.servers
