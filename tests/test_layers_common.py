@@ -220,10 +220,13 @@ def softmax_loss_reference(x, labels, ignore=None, norm='VALID'):
 
 
 @pytest.mark.parametrize('norm', ['VALID', 'FULL', 'BATCH_SIZE', 'NONE'])
-def test_softmax_with_loss_normalizations_and_ignore_label(norm):
-    x = rng.standard_normal((3, 4, 2, 2))
-    labels = rng.integers(0, 4, (3, 2, 2)).astype(float)
-    labels[0, 0, 0] = labels[2, 1, 1] = 3
+@pytest.mark.parametrize('spatial', [True, False], ids=['classes-then-positions', 'classes-last'])
+def test_softmax_with_loss_normalizations_and_ignore_label(norm, spatial):
+    """Classes followed by positions (NumPy's path) or on the last axis (the
+    kernel's)."""
+    x = rng.standard_normal((3, 4, 2, 2) if spatial else (6, 4))
+    labels = rng.integers(0, 4, (3, 2, 2) if spatial else 6).astype(float)
+    labels.flat[0] = labels.flat[-1] = 3
     text = f'type: "SoftmaxWithLoss" loss_param {{ ignore_label: 3 normalization: {norm} }}'
     _, _, top = run_layer(text, [x, labels])
     np.testing.assert_allclose(top[0].data, softmax_loss_reference(x, labels, 3, norm), rtol=1e-10)
@@ -237,6 +240,25 @@ def test_softmax_with_loss_legacy_normalize_and_prob_top():
     np.testing.assert_allclose(top[0].data, softmax_loss_reference(x, labels, norm='BATCH_SIZE'))
     e = np.exp(x - x.max(1, keepdims=True))
     np.testing.assert_allclose(top[1].data, e / e.sum(1, keepdims=True), rtol=1e-12)
+
+
+def test_softmax_with_loss_over_tokens_in_float32():
+    """Logits (N, T, V) with ``axis: 2``, as a language model's: float32 (the
+    kernel's fast exp) agrees with float64, loss and gradient."""
+    x = 3 * rng.standard_normal((2, 5, 7))
+    labels = rng.integers(0, 7, (2, 5)).astype(float)
+    text = 'type: "SoftmaxWithLoss" softmax_param { axis: 2 }'
+    runs = []
+    for dtype in (np.float64, np.float32):
+        layer, bottom, top = run_layer(text, [x, labels], dtype=dtype)
+        top[0].diff[...] = 1.0
+        layer.backward(top, [True, False], bottom)
+        runs.append((float(top[0].data), bottom[0].diff.copy()))
+    reference = softmax_loss_reference(x.transpose(0, 2, 1), labels)
+    assert runs[0][0] == pytest.approx(reference, rel=1e-12)
+    assert runs[1][0] == pytest.approx(reference, rel=1e-6)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], atol=1e-7)
+    check_gradient(text, [x, labels], check_bottoms=[0])
 
 
 def test_softmax_with_loss_label_errors():

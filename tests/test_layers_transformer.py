@@ -326,9 +326,18 @@ def block(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=[1 << 20, 1], ids=['one-group', 'one-sample-per-group'])
+def group(request, monkeypatch):
+    """Samples go through the products in groups of about GROUP_BYTES of
+    probabilities: here all samples at once, or one at a time."""
+    from layerasync.layers.transformer import MultiHeadAttention
+    monkeypatch.setattr(MultiHeadAttention, 'GROUP_BYTES', request.param)
+    return request.param
+
+
 @pytest.mark.parametrize('heads', [1, 2, 4])
 @pytest.mark.parametrize('causal', [False, True])
-def test_attention_forward_and_gradient(heads, causal, block):
+def test_attention_forward_and_gradient(heads, causal, block, group):
     x = normal(2, 5, 8)
     layer, _, top = run_layer(attention(heads, causal), [x])
     assert [b.shape for b in layer.blobs] == [(24, 8), (24,), (8, 8), (8,)]
@@ -343,8 +352,27 @@ def test_attention_forward_and_gradient(heads, causal, block):
 
 
 @pytest.mark.parametrize('causal', [False, True])
-def test_attention_gradient_with_dropout(causal, block):
+def test_attention_gradient_with_dropout(causal, block, group):
     check_gradient(attention(2, causal, dropout=0.3), [normal(2, 4, 4)], max_checks=40)
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.3])
+def test_attention_groups_of_samples_change_nothing(dropout, monkeypatch):
+    """Groups of 1, 2 (the last one short) or 3 of 3 samples: the same top and
+    gradients, with and without dropout."""
+    from layerasync.layers.transformer import MultiHeadAttention
+    x, dy = normal(3, 5, 8), normal(3, 5, 8)
+    runs = []
+    for samples in (1, 2, 3):
+        monkeypatch.setattr(MultiHeadAttention, 'GROUP_BYTES', samples * 2 * 5 * 5 * 8)
+        layer = make_layer(attention(2, True, dropout=dropout))
+        bottom, top = blobs_from([x]), tops()
+        y = forward_backward(layer, bottom, top, dy)
+        assert layer._group() == samples
+        runs.append([y, bottom[0].diff] + [p.diff for p in layer.blobs])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-14)
 
 
 def test_attention_float32_matches_float64():
@@ -403,12 +431,13 @@ def test_attention_refuses_a_shape_it_was_not_reshaped_for():
         layer.forward(bottom, top)
 
 
-def test_attention_calls_progress_between_samples():
+def test_attention_calls_progress_between_groups_of_samples(group):
     calls = []
     layer = make_layer(attention(2))
     layer.progress = lambda: calls.append(1)
     forward_backward(layer, blobs_from([normal(4, 3, 4)]), tops(), normal(4, 3, 4))
-    assert len(calls) >= 2 * 4
+    groups = 4 if group == 1 else 1
+    assert len(calls) == 2 * (groups + 1)   # before each group and after the last, twice
 
 
 @pytest.mark.parametrize('heads, shape, message', [

@@ -4,6 +4,7 @@ Labels travel in float blobs, as in Caffe, and are read as integers here.
 """
 import numpy as np
 
+from ..kernels import loss as K
 from .base import Layer, canonical_axis, register
 from .common import softmax
 
@@ -76,24 +77,36 @@ class SoftmaxWithLoss(_LabelledLayer):
         return max(1.0, float(n))
 
     def forward(self, bottom, top):
-        softmax(bottom[0].data, self.axis, self.prob)
         self.labels, self.valid = self._labels(bottom, self.ignore_label)
-        prob = self.prob.reshape(self.outer, self.classes, self.inner)
-        picked = np.take_along_axis(prob, np.where(self.valid, self.labels, 0)[:, None, :], 1)[:, 0]
-        logs = np.log(np.maximum(picked, FLT_MIN), dtype=np.float64)
         self.normalizer = self._normalizer(int(self.valid.sum()))
-        top[0].data[...] = -(logs * self.valid).sum() / self.normalizer
+        if self.inner == 1:   # classes on the last axis: one kernel pass per row
+            loss = K.softmax_loss_forward(
+                bottom[0].data.reshape(self.outer, self.classes), self.labels.reshape(-1),
+                self.valid.reshape(-1), self.prob.reshape(self.outer, self.classes))
+        else:
+            softmax(bottom[0].data, self.axis, self.prob)
+            prob = self.prob.reshape(self.outer, self.classes, self.inner)
+            picked = np.take_along_axis(prob, np.where(self.valid, self.labels, 0)[:, None, :],
+                                        1)[:, 0]
+            loss = -(np.log(np.maximum(picked, FLT_MIN), dtype=np.float64) * self.valid).sum()
+        top[0].data[...] = loss / self.normalizer
         if len(top) > 1:
             np.copyto(top[1].data, self.prob)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        scale = top[0].diff.reshape(-1)[0] / self.normalizer
+        if self.inner == 1:
+            K.softmax_loss_backward(self.prob.reshape(self.outer, self.classes),
+                                    self.labels.reshape(-1), self.valid.reshape(-1), scale,
+                                    bottom[0].diff.reshape(self.outer, self.classes))
+            return
         dx = bottom[0].diff.reshape(self.outer, self.classes, self.inner)
         np.copyto(dx, self.prob.reshape(dx.shape))
         outer, inner = np.nonzero(self.valid)
         dx[outer, self.labels[outer, inner], inner] -= 1
-        dx *= (top[0].diff.reshape(-1)[0] / self.normalizer) * self.valid[:, None, :]
+        dx *= scale * self.valid[:, None, :]
 
 
 @register

@@ -260,13 +260,15 @@ class MultiHeadAttention(Layer):
     probabilities after dropout (TRAIN with p > 0 only), the projections
     ``q, k, v`` (``3*N*T*D``) and the heads' output (``N*T*D``). A layer
     that runs backward (TRAIN; otherwise on its first backward) adds their
-    gradients ``4*N*T*D`` and a workspace of ``H*T*T``. Buffers are
-    reallocated when the bottom's shape changes (T may differ between
-    reshapes; D is fixed at setup).
+    gradients ``4*N*T*D`` and a workspace of ``G*H*T*T``, G the samples of
+    a group (below). Buffers are reallocated when the bottom's shape changes
+    (T may differ between reshapes; D is fixed at setup).
 
-    The products run on BLAS, one batch of heads per sample (NumPy's matmul
-    on strided views: no copies); the softmax, its mask and its dropout are
-    Numba kernels. The net's progress hook is called between samples.
+    The products run on BLAS, one stack of (sample, head) matrices per call
+    (NumPy's matmul on strided views: no copies), over groups of G samples
+    whose probabilities take about ``GROUP_BYTES`` (1 MB: G = 4 at T = 128
+    and 4 heads, 1 from T = 512); the softmax, its mask and its dropout are
+    Numba kernels. The net's progress hook is called between groups.
     """
     type = 'MultiHeadAttention'
     param_field = 'attention_param'
@@ -331,7 +333,7 @@ class MultiHeadAttention(Layer):
             n, t, d = self.shape
             self.d_qkv = np.empty((n, t, 3 * d), self.dtype)
             self.d_attended = np.empty((n, t, d), self.dtype)
-            self.work = np.empty((self.heads, t, t), self.dtype)
+            self.work = np.empty((self._group(), self.heads, t, t), self.dtype)
             self.grad_shape = self.shape
 
     def _check_shape(self, bottom):
@@ -356,6 +358,19 @@ class MultiHeadAttention(Layer):
     # Causal attention computes the scores block by block, skipping the blocks
     # above the diagonal, which the mask hides: for T = 128, 3/4 of the products.
     BLOCK = 64
+    # Samples go through the products and the softmax in groups whose
+    # probabilities take about this many bytes (at least one sample): few
+    # enough calls that Python's overhead stays small, few enough bytes that
+    # a group's probabilities stay in the L2 cache between the products.
+    GROUP_BYTES = 1 << 20
+
+    def _group(self):
+        n, t, _ = self.shape
+        return max(1, min(n, self.GROUP_BYTES // (self.heads * t * t * self.dtype.itemsize)))
+
+    def _groups(self):
+        n, g = self.shape[0], self._group()
+        return [slice(a, min(n, a + g)) for a in range(0, n, g)]
 
     def _blocks(self, t, by_key=False):
         """(query rows, key columns) slices covering every visible score: all of
@@ -381,18 +396,20 @@ class MultiHeadAttention(Layer):
         if self.dropout:
             first = self.batch.first_position(self, n)
         blocks = self._blocks(t)
-        for i in range(n):
+        for g in self._groups():
             self._progress()
-            probs = self.probs[i]
+            probs = self.probs[g]
             for rows, keys in blocks:   # the scores a query can see
-                np.matmul(q[i][:, rows], k[i][:, keys].transpose(0, 2, 1), out=probs[:, rows, keys])
-            K.attention_softmax(probs, self.scale, self.causal)   # zero where masked
+                np.matmul(q[g][:, :, rows], k[g][:, :, keys].swapaxes(2, 3),
+                          out=probs[:, :, rows, keys])
+            K.attention_softmax(probs.reshape(-1, t, t), self.scale, self.causal)   # 0 if masked
             if self.dropout:
-                K.attention_dropout(probs, self.key, first + i, self.threshold, self.keep_scale,
-                                    self.causal, self.dropped[i])
-                probs = self.dropped[i]
+                for i in range(g.start, g.stop):
+                    K.attention_dropout(self.probs[i], self.key, first + i, self.threshold,
+                                        self.keep_scale, self.causal, self.dropped[i])
+                probs = self.dropped[g]
             for rows, keys in blocks:
-                np.matmul(probs[:, rows, keys], v[i][:, keys], out=out[i][:, rows])
+                np.matmul(probs[:, :, rows, keys], v[g][:, :, keys], out=out[g][:, :, rows])
         self._progress()
         y = top[0].data.reshape(n * t, d)
         np.matmul(self.attended.reshape(n * t, d), w_out.T, out=y)
@@ -418,23 +435,26 @@ class MultiHeadAttention(Layer):
         q, k, v = self._heads(self.qkv)
         dq, dk, dv = self._heads(self.d_qkv)
         d_out = self._split(self.d_attended)
-        work = self.work
         blocks, columns = self._blocks(t), self._blocks(t, by_key=True)
-        for i in range(n):
+        for g in self._groups():
             self._progress()
-            used = self.dropped[i] if self.dropout else self.probs[i]
+            work = self.work[:g.stop - g.start]
+            used = self.dropped[g] if self.dropout else self.probs[g]
             for rows, keys in blocks:   # d(used), where a query sees a key
-                np.matmul(d_out[i][:, rows], v[i][:, keys].transpose(0, 2, 1),
-                          out=work[:, rows, keys])
+                np.matmul(d_out[g][:, :, rows], v[g][:, :, keys].swapaxes(2, 3),
+                          out=work[:, :, rows, keys])
             for rows, keys in columns:   # the queries that see each block of keys
-                np.matmul(used[:, rows, keys].transpose(0, 2, 1), d_out[i][:, rows],
-                          out=dv[i][:, keys])
-            K.attention_softmax_backward(self.probs[i], self.dropped[i] if self.dropout else None,
-                                         work, self.scale, self.causal)   # d(scores), 0 where masked
+                np.matmul(used[:, :, rows, keys].swapaxes(2, 3), d_out[g][:, :, rows],
+                          out=dv[g][:, :, keys])
+            K.attention_softmax_backward(   # d(scores), 0 where masked
+                self.probs[g].reshape(-1, t, t),
+                self.dropped[g].reshape(-1, t, t) if self.dropout else None,
+                work.reshape(-1, t, t), self.scale, self.causal)
             for rows, keys in blocks:
-                np.matmul(work[:, rows, keys], k[i][:, keys], out=dq[i][:, rows])
+                np.matmul(work[:, :, rows, keys], k[g][:, :, keys], out=dq[g][:, :, rows])
             for rows, keys in columns:
-                np.matmul(work[:, rows, keys].transpose(0, 2, 1), q[i][:, rows], out=dk[i][:, keys])
+                np.matmul(work[:, :, rows, keys].swapaxes(2, 3), q[g][:, :, rows],
+                          out=dk[g][:, :, keys])
         self._progress()
         d_qkv = self.d_qkv.reshape(nt, 3 * d)
         if want[0]:
