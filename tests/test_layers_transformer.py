@@ -570,6 +570,37 @@ def test_attention_softmax_kernel(dtype, causal):
                                atol=1e-7 if dtype == np.float32 else 1e-16)
 
 
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_masked_max_orders_as_floats(dtype):
+    """The float32 max runs on integer order keys: negatives, zeros of both
+    signs, infinities and denormals order as floats; entries past n are ignored."""
+    from numba import njit
+
+    @njit
+    def first_n_max(row, n):
+        return K.masked_max(row, n, row.size)
+
+    tiny = np.finfo(dtype).tiny / 4
+    cases = [[-3.5, -0.25, -7.0], [-0.0, 0.0, -1.0], [-np.inf, -1e30, -np.inf],
+             [tiny, -tiny, 0.0], [2.0, np.inf, 1.0], [-1.5, -2.5, -1.25]]
+    for values in cases:
+        row = np.array(values + [99.0, np.nan], dtype)   # past n: read, not used
+        assert first_n_max(row, len(values)) == np.max(np.array(values, dtype))
+    assert first_n_max(np.array([np.nan, 1.0], dtype), 0) == -np.inf
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_attention_softmax_spreads_a_nan_over_its_row(dtype):
+    """A NaN score (a diverged net) makes its row NaN, whatever its sign
+    bit, and no other row."""
+    for nan in (np.nan, -np.nan):
+        s = normal(1, 4, 4).astype(dtype)
+        s[0, 2, 1] = nan
+        K.attention_softmax(s, dtype(1.0), True)
+        assert np.isnan(s[0, 2, :3]).all()
+        assert np.isfinite(np.delete(s[0], 2, axis=0)).all()
+
+
 def test_float32_exp_accuracy():
     x = np.linspace(-87, 88, 100001).astype(np.float32)
     out = np.empty_like(x)

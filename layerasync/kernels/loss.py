@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .transformer import fast_exp
+from .transformer import fast_exp, masked_max
 
 SOFTMAX = dict(nogil=True, cache=True, error_model='numpy', fastmath={'contract', 'reassoc'})
 JIT = dict(nogil=True, cache=True, fastmath=False)
@@ -25,9 +25,7 @@ def softmax_loss_forward(x, labels, valid, prob):
     rows, classes = x.shape
     loss = 0.0
     for r in range(rows):
-        m = x[r, 0]
-        for c in range(1, classes):
-            m = max(m, x[r, c])
+        m = masked_max(x[r], classes, classes)
         total = 0.0
         for c in range(classes):
             e = fast_exp(x[r, c] - m)

@@ -116,6 +116,55 @@ def _fast_exp(x):
     return exp64
 
 
+def _order_key(bits):
+    """An int32 that orders as the float32 whose bits are ``bits`` (compiled code)."""
+
+
+@overload(_order_key, inline='always')
+def _order_key_impl(bits):
+    def key(bits):
+        # Negative floats order backwards as integers: flip their other bits.
+        # The map is its own inverse.
+        return bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF))
+    return key
+
+
+_NEG_INF_BITS = np.int32(-8388608)   # 0xff800000, the bits of float32 -inf
+
+
+def masked_max(row, n, whole):
+    """The largest of ``row[:n]``, in a loop that runs to ``whole`` >= n (the
+    entries from n on are read, never used). -inf if n = 0 (compiled code)."""
+
+
+@overload(masked_max, inline='always')
+def _masked_max(row, n, whole):
+    # LLVM vectorises no floating-point max reduction that Numba compiles (it
+    # would need the no-NaNs function attribute); an integer one it does. So
+    # float32 runs on the bits' order keys: 2-3x faster. A NaN with the sign
+    # bit clear wins, one with it set loses; either way the softmax's exp
+    # pass turns the row into NaN, as the float comparison would.
+    if row.dtype == types.float32:
+        def max32(row, n, whole):
+            ints = row.view(np.int32)
+            low = _order_key(_NEG_INF_BITS)
+            k = low
+            for j in range(whole):
+                v = _order_key(ints[j])
+                k = max(k, v if j < n else low)
+            return _float32_from_bits(_order_key(k))
+        return max32
+
+    def max_any(row, n, whole):
+        lowest = row.dtype.type(-np.inf)
+        m = lowest
+        for j in range(whole):
+            v = row[j] if j < n else lowest
+            m = v if v > m else m
+        return m
+    return max_any
+
+
 # -- GELU -----------------------------------------------------------------------
 # Exact: y = x Phi(x), dy/dx = Phi(x) + x phi(x), Phi and phi the standard
 # normal distribution and density. Tanh form: 0.5 x (1 + tanh(u)) with
@@ -383,7 +432,6 @@ def attention_softmax(scores, scale, causal):
     and the others become 0; what the masked entries held before does not
     matter (it may be anything: it is read, never used). The sums are float64."""
     batch, t, s = scores.shape
-    lowest = scores.dtype.type(-np.inf)
     nothing = scores.dtype.type(0)
     for b in range(batch):
         for i in range(t):
@@ -394,11 +442,7 @@ def attention_softmax(scores, scale, causal):
             # loop runs: rows are short here, and that remainder cost as much
             # as the vector part.
             whole = min(s, (n + 15) & ~15)
-            m = lowest
-            for j in range(whole):
-                v = row[j] if j < n else lowest
-                m = v if v > m else m
-            m = m * scale
+            m = masked_max(row, n, whole) * scale
             total = 0.0
             for j in range(whole):
                 e = fast_exp(row[j] * scale - m)
