@@ -102,8 +102,11 @@ class Split(Layer):
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             dx = bottom[0].diff
-            np.copyto(dx, top[0].diff)
-            for t in top[1:]:
+            if len(top) == 1:
+                np.copyto(dx, top[0].diff)
+                return
+            np.add(top[0].diff, top[1].diff, out=dx)   # one pass for the usual two
+            for t in top[2:]:
                 dx += t.diff
 
 
@@ -283,8 +286,13 @@ class Eltwise(Layer):
     def forward(self, bottom, top):
         y = top[0].data
         if self.op == 'SUM':
-            np.multiply(bottom[0].data, self.coeff[0], out=y)
-            for c, b in zip(self.coeff[1:], bottom[1:]):
+            if self.coeff[0] == 1.0 and self.coeff[1] == 1.0:   # a residual: one pass
+                np.add(bottom[0].data, bottom[1].data, out=y)
+                rest = 2
+            else:
+                np.multiply(bottom[0].data, self.coeff[0], out=y)
+                rest = 1
+            for c, b in zip(self.coeff[rest:], bottom[rest:]):
                 y += c * b.data if c != 1.0 else b.data
         elif self.op == 'PROD':
             np.multiply(bottom[0].data, bottom[1].data, out=y)
@@ -308,7 +316,10 @@ class Eltwise(Layer):
             if not down:
                 continue
             if self.op == 'SUM':
-                np.multiply(dy, self.coeff[k], out=b.diff)
+                if self.coeff[k] == 1.0:
+                    np.copyto(b.diff, dy)
+                else:
+                    np.multiply(dy, self.coeff[k], out=b.diff)
             elif self.op == 'PROD':
                 if self.param.stable_prod_grad:
                     others = [o.data for j, o in enumerate(bottom) if j != k]
