@@ -455,6 +455,19 @@ def test_attention_shape_errors(heads, shape, message):
         run_layer(text, [normal(*shape)])
 
 
+def test_attention_is_self_attention_only():
+    """Keys of another length than the queries (a mask over a non-square
+    score matrix) would need a second bottom: refused, naming line and layer."""
+    text = ('name: "t"\n'
+            'layer { name: "in" type: "Input" top: "q" top: "kv" input_param {\n'
+            '  shape { dim: 2 dim: 3 dim: 4 } shape { dim: 2 dim: 5 dim: 4 } } }\n'
+            'layer { name: "att" type: "MultiHeadAttention" bottom: "q" bottom: "kv" top: "y"\n'
+            '  attention_param { num_heads: 2 causal: true } }\n')
+    with pytest.raises(LayerError, match=r":4:1: layer 'att' \(MultiHeadAttention\): takes 1 "
+                                        'bottom blobs, got 2'):
+        layerasync.Net(text, layerasync.TRAIN)
+
+
 @pytest.mark.parametrize('ratio', [1.0, -0.1, 1.5])
 def test_attention_dropout_ratio_errors(ratio):
     with pytest.raises(LayerError, match=r"layer 'att' \(MultiHeadAttention\): dropout_ratio "
