@@ -314,16 +314,12 @@ def layer_norm_backward(x, top_diff, scale, mean, inv_std, out, scale_diff, shif
     - ``scale_diff += sum(top_diff * xh)`` and ``shift_diff += sum(top_diff)``
       over the rows (float64 ``(D,)``; either may be None).
 
-    One pass over the row for the two means (float64), one for everything
-    else (in ``x``'s dtype; the parameter sums in float64).
+    One pass over the row for the two means, one for everything else.
     """
     rows, d = x.shape
-    t = x.dtype.type
     for i in range(rows):
         mu = mean[i]
         r = inv_std[i]
-        hi, r_t = t(mu), t(r)
-        lo = t(mu - hi)   # as in forward
         a = 0.0
         b = 0.0
         if out is not None:
@@ -333,16 +329,15 @@ def layer_norm_backward(x, top_diff, scale, mean, inv_std, out, scale_diff, shif
                 b += g * (np.float64(x[i, j]) - mu)
             a /= d
             b *= r / d
-        a_t, b_t = t(a), t(b)
         for j in range(d):
-            dy = top_diff[i, j]
-            xh = ((x[i, j] - hi) - lo) * r_t
+            dy = np.float64(top_diff[i, j])
+            xh = (np.float64(x[i, j]) - mu) * r
             if out is not None:
-                out[i, j] = r_t * (dy * scale[j] - a_t - xh * b_t)
+                out[i, j] = r * (dy * scale[j] - a - xh * b)
             if scale_diff is not None:
-                scale_diff[j] += np.float64(dy * xh)
+                scale_diff[j] += dy * xh
             if shift_diff is not None:
-                shift_diff[j] += np.float64(dy)
+                shift_diff[j] += dy
 
 
 # -- bias sums (Bias, Embed, the attention projections) ------------------------------
