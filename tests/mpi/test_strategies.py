@@ -170,8 +170,9 @@ def test_resnet20_strategies_agree(comm):
     iterations to what a whole iteration more or less moves (1e-3 per blob,
     measured), so sharded at more than two ranks, whose sums round otherwise, is
     compared after 2 iterations (the second reads the momentum history), where
-    the weights differ by an ulp or two (measured: 1.5e-8) and a part updated
-    wrongly or not at all would differ by its step (1e-5)."""
+    the weights differ by a few ulps (measured: up to 1.4e-7 at 4 ranks, one
+    weight in conv1, since SoftmaxWithLoss runs its own kernel; 1.5e-8 before)
+    and a part updated wrongly or not at all would differ by its step (1e-5)."""
     exact = ['sync', 'layerwise:ordered', 'async-layerwise'] + ['sharded'] * (comm.size <= 2)
     runs = {s: train('resnet20', s, comm, 2, chunk_bytes=32768) for s in exact}
     for s, w in runs.items():
@@ -183,7 +184,7 @@ def test_resnet20_strategies_agree(comm):
         try:
             for slot in (s for s in solver.slots if s.lr_mult != 0):   # not the statistics
                 np.testing.assert_allclose(sharded[slot.view], sync[slot.view], rtol=1e-6,
-                                           atol=1e-7, err_msg=slot.key)
+                                           atol=5e-7, err_msg=slot.key)
         finally:
             solver.close()
     if comm.size == 1:
