@@ -210,9 +210,16 @@ class Communicator:
 
     def wait_all(self):
         """Block until everything posted here is reduced and no round is outstanding."""
-        self._block_until(lambda: self.scheduler.idle() and self.round_req is None
-                          and not (self.scheduler.priority and self.scheduler.wants_round()),
-                          'all buckets')
+        self._block_until(self._idle, 'all buckets')
+
+    def _idle(self):
+        """Nothing posted here is unfinished, nothing ready is unposted, no round is due."""
+        return (self.scheduler.idle() and self.round_req is None
+                and not (self.scheduler.priority and self.scheduler.wants_round()))
+
+    def _in_flight(self):
+        """Is some request of this rank outstanding?"""
+        return bool(self.requests) or self.round_req is not None
 
     def is_done(self, bucket):
         """Is ``bucket``'s latest posted generation done here (no waiting)?"""
@@ -248,7 +255,7 @@ class Communicator:
                     stall.check(started, what)
                 elif self._step():
                     self.backoff.reset()
-                elif not self.requests and self.round_req is None:
+                elif not self._in_flight():
                     raise RuntimeError(f'rank {self.rank}: waiting for {what}, but nothing is in '
                                        'flight or ready to post (a bucket was not posted)')
                 else:
@@ -258,12 +265,7 @@ class Communicator:
 
     def _step(self):
         """One round of progress; returns whether anything changed. Holds the lock."""
-        moved = False
-        if self.requests:
-            done = MPI.Request.Testsome(self.requests)
-            if done:
-                self._complete(done)
-                moved = True
+        moved = self._test()
         if self.scheduler.priority:
             if self.round_req is not None and self.round_req.Test():
                 self.round_req = None
@@ -282,6 +284,13 @@ class Communicator:
         if moved and self.thread is not None:
             self.lock.notify_all()
         return moved
+
+    def _test(self):
+        """Complete what finished of the posted requests; did any?"""
+        done = MPI.Request.Testsome(self.requests) if self.requests else None
+        if done:
+            self._complete(done)
+        return bool(done)
 
     def _complete(self, indices):
         now = time.perf_counter()
@@ -357,7 +366,7 @@ class Communicator:
         with self.lock:
             while self.running:
                 moved = self._step()
-                if self.requests or self.round_req is not None:
+                if self._in_flight():
                     if moved:
                         backoff.reset()
                     else:

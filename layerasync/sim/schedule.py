@@ -106,7 +106,8 @@ class Plan:
         """The plan ``sharded`` plays, as its communicator cuts it: chunks
         0..n-1 reduce-scatter the gradient, n..2n-1 all-gather the weights,
         with the same priorities (buckets likewise: B gradient buckets, then
-        their B gathers)."""
+        their B gathers). The gathers are posted at once (``Link.post``),
+        outside the in-flight limit and the rounds."""
         from ..comm.buckets import Bucket, Chunk
         if self.scatter_parts is None or self.gather_parts is None:
             raise ValueError('this plan has no reduce-scatter and all-gather costs '
@@ -155,6 +156,18 @@ class Link:
                    else (self.sequence,))
             self.sequence += 1
             self.arrivals.append((t + self.plan.round_s, key, (c, generation)))
+        self.advance(t)
+
+    def post(self, chunk_ids, generation, t):
+        """Post chunks of ``generation`` at time ``t`` at once, holding no slot and
+        waiting for no round (``sharded``'s gathers); the link serves them after
+        what it already serves."""
+        self.advance(t)
+        for c in chunk_ids:
+            self.free_at = max(self.now, self.free_at) + self.plan.chunk_busy_s[c]
+            heapq.heappush(self.serving, (self.free_at + self.plan.chunk_latency_s[c],
+                                          (generation, self.sequence), (c, generation)))
+            self.sequence += 1
         self.advance(t)
 
     def wait(self, condition, t):
@@ -293,7 +306,7 @@ def _sharded_ends(plan, iterations):
 
     def update_and_gather(b, generation, t):
         t += sum(p.update_s[layer] for layer in buckets[b].layers)
-        link.ready(buckets[nb + b].chunks, generation, t)
+        link.post(buckets[nb + b].chunks, generation, t)
         return t
 
     def advance(generation, t):
