@@ -31,12 +31,16 @@ class Job:
     """``mpiexec -n 2 layerasync train ...`` in ``folder``, its ranks tagged so that
     only processes this test started are signalled."""
 
-    def __init__(self, folder, *extra, iterations=100000, ranks=2):
+    def __init__(self, folder, *extra, iterations=100000, ranks=2, launch=False):
         self.folder, self.tag = folder, f'{os.getpid()}-{time.monotonic_ns()}'
         env = dict(os.environ, OMP_NUM_THREADS='1', LAYERASYNC_SIGNAL_TEST=self.tag)
+        # launch: through `layerasync launch`, which runs this mpiexec.
+        launcher = ([sys.executable, '-m', 'layerasync', 'launch', '--np', str(ranks),
+                     '--mpirun', MPIEXEC, '--', *TRAIN[3:]] if launch else
+                    [MPIEXEC, '-n', str(ranks), *TRAIN])
         with open(folder / 'out.txt', 'w') as out, open(folder / 'err.txt', 'w') as err:
             self.process = subprocess.Popen(
-                [MPIEXEC, '-n', str(ranks), *TRAIN, '--set', f'max_iter={iterations}', *extra],
+                [*launcher, '--set', f'max_iter={iterations}', *extra],
                 cwd=folder, env=env, stdout=out, stderr=err)
 
     def out(self):
@@ -49,17 +53,25 @@ class Job:
             assert time.time() < deadline, f'no {text!r} in the log'
             time.sleep(0.1)
 
-    def rank(self, r):
-        """The pid of rank ``r``."""
+    def ranks(self):
+        """{rank: pid} of this job's ranks alive now."""
+        found = {}
         for pid in filter(str.isdigit, os.listdir('/proc')):
             try:
                 environ = open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')
             except OSError:
                 continue
-            if f'LAYERASYNC_SIGNAL_TEST={self.tag}'.encode() in environ and \
-                    f'PMI_RANK={r}'.encode() in environ:
-                return int(pid)
-        raise AssertionError(f'rank {r} not found')
+            if f'LAYERASYNC_SIGNAL_TEST={self.tag}'.encode() in environ:
+                for item in environ:
+                    if item.startswith(b'PMI_RANK='):
+                        found[int(item[9:])] = int(pid)
+        return found
+
+    def rank(self, r):
+        """The pid of rank ``r``."""
+        pid = self.ranks().get(r)
+        assert pid is not None, f'rank {r} not found'
+        return pid
 
     def finish(self, timeout=60):
         try:
@@ -92,6 +104,25 @@ def test_a_stop_signal_snapshots_and_stops_every_rank(tmp_path, how):
     code, out, err = resumed.finish()
     assert code == 0, err
     assert 'Optimization Done.' in out
+
+
+def test_sigterm_to_the_launcher_ends_every_rank(tmp_path):
+    """``kill`` of ``layerasync launch`` (a batch system ending the job) is passed
+    on to mpiexec, which ends the ranks: none is left running."""
+    job = Job(tmp_path, launch=True)
+    job.wait_for('Iteration 20,')
+    assert sorted(job.ranks()) == [0, 1]
+    job.process.send_signal(signal.SIGTERM)
+    code, out, err = job.finish()
+    assert code != 0, err
+    deadline = time.time() + 10
+    while job.ranks() and time.time() < deadline:
+        time.sleep(0.1)
+    left = job.ranks()
+    for pid in left.values():   # leave no orphans behind, even when failing
+        os.kill(pid, signal.SIGKILL)
+    assert left == {}, f'ranks left running: {left}\n{err}'
+    assert 'Traceback' not in err, err
 
 
 def test_sighup_snapshots_and_goes_on(tmp_path):

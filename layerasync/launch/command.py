@@ -38,15 +38,20 @@ class Command:
         return shlex.join(prefix + [str(a) for a in self.argv])
 
     def run(self):
-        """Run it in the foreground; returns its exit status."""
+        """Run it in the foreground; returns its exit status. An interrupt or a
+        SIGTERM (a batch system ending the job) is passed on to the launcher,
+        which ends its ranks itself (killing it, or leaving it, would orphan
+        them), and waited for."""
         process = subprocess.Popen(self.argv, env={**os.environ, **self.env})
+        previous = signal.signal(signal.SIGTERM, lambda n, _: process.send_signal(n))
         try:
             return process.wait()
         except KeyboardInterrupt:
-            # Let the launcher end its ranks itself (killing it would orphan them),
-            # and wait for it; a second interrupt gives up waiting.
+            # A second interrupt gives up waiting.
             process.send_signal(signal.SIGINT)
             return process.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
