@@ -29,7 +29,8 @@ def profile_net(net, iterations=10):
     Returns a dict: net, batch, threads, warmup_s, forward_ms, backward_ms,
     total_ms (means per iteration), param_bytes and, per layer, name, type,
     forward_ms, backward_ms, forward_calls and backward_calls (the progress
-    calls it makes per pass, between chunks of its work), param_bytes, top shapes.
+    calls it makes per pass, between chunks of its work), param_bytes, blobs
+    (parameter shapes) and tops (output shapes).
     """
     n = len(net.layers)
     fwd, bwd = np.zeros(n), np.zeros(n)
@@ -81,6 +82,7 @@ def profile_net(net, iterations=10):
             'forward_calls': int(calls[0, i]) // iterations,
             'backward_calls': int(calls[1, i]) // iterations,
             'param_bytes': int(sum(b.data.nbytes for b in layer.blobs)),
+            'blobs': [list(b.data.shape) for b in layer.blobs],
             'tops': [list(t.shape) for t in net.top_vecs[i]]})
     return {
         'net': net.name, 'batch': net.batch_size,

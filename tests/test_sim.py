@@ -188,8 +188,36 @@ def test_compression_halves_the_allreduce_not_sharded():
     half = make_plan(profile, fabric('10gbe'), 4, update_rate=1e9, scheduler='fifo', compress='bf16')
     assert sum(half.chunk_busy_s) == pytest.approx(sum(plain.chunk_busy_s) / 2)
     assert half.scatter_parts == plain.scatter_parts and half.gather_parts == plain.gather_parts
-    with pytest.raises(ValueError, match="compression 'int8': the simulator models fp16, bf16"):
+    with pytest.raises(ValueError, match="unknown compression 'int8'; known: fp16, bf16"):
         make_plan(profile, fabric('10gbe'), 4, compress='int8')
+
+
+def test_topk_and_powersgd_send_what_their_codecs_send():
+    """topk: an all-gather of P k (index, value) pairs per chunk; powersgd: per
+    bucket, an allreduce of the P factors then of the Q factors; the packing at
+    codec_rate adds to each chunk's busy time."""
+    profile, net = profile_dict(), fabric('10gbe')
+    # conv 1 MB as a (64, 4096) weight; fc 4 MB as (1024, 1023) and a 1024 bias
+    profile['layers'][1]['blobs'] = [[64, 4096]]
+    profile['layers'][3]['blobs'] = [[1024, 1023], [1024]]
+    settings = dict(update_rate=1e9, scheduler='fifo', fusion_bytes=0, chunk_bytes=1 << 20)
+    plain = make_plan(profile, net, 4, **settings)
+    topk = make_plan(profile, net, 4, compress='topk:0.01', **settings)
+    assert topk.chunks == plain.chunks
+    for c, busy in zip(topk.chunks, topk.chunk_busy_s):
+        k = math.ceil(0.01 * (c.stop - c.start))
+        assert busy == pytest.approx(net.allgather_parts(4 * 8 * k, 4)[1])
+    power = make_plan(profile, net, 4, compress='powersgd:4', **settings)
+    assert len(power.chunks) == len(power.buckets) == 2   # whole buckets, fc first
+    fc = [net.allreduce_parts(4 * v, 4) for v in (1024 * 4 + 1024, 1023 * 4)]
+    assert power.chunk_busy_s[0] == pytest.approx(fc[0][1] + fc[1][1])
+    assert power.chunk_latency_s[0] == pytest.approx(fc[0][0] + fc[1][0])
+    slow = make_plan(profile, net, 4, compress='topk:0.01', codec_rate=1e9, **settings)
+    for c, a, b in zip(slow.chunks, slow.chunk_busy_s, topk.chunk_busy_s):
+        assert a - b == pytest.approx(4 * (c.stop - c.start) / 1e9)
+    del profile['layers'][3]['blobs']
+    with pytest.raises(ValueError, match="layer fc has no blob shapes"):
+        make_plan(profile, net, 4, compress='powersgd:4', **settings)
 
 
 def test_one_rank_has_no_communication():
@@ -430,3 +458,10 @@ def test_auto_scheduler_follows_the_modelled_link():
     assert choose_priority(True, 0.0) and not choose_priority(False, 1e9)
     with pytest.raises(ValueError, match="True, False or 'auto'"):
         choose_priority('yes', 1.0)
+
+
+@pytest.mark.parametrize('spec', ['bf16', 'fp16', 'topk:0.01', 'powersgd:4'])
+def test_codec_rates_are_measured(spec):
+    from layerasync.sim.calibrate import measure_codec_rate
+    rate = measure_codec_rate(spec, nbytes=256 << 10, repeats=2)
+    assert 1e6 < rate < math.inf

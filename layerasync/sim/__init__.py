@@ -19,18 +19,21 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..blob import backward_layout
-from ..comm import DEFAULTS, SCHEDULERS, choose_priority, in_flight_for, scheduler_name
+from ..comm import (DEFAULTS, SCHEDULERS, choose_priority, in_flight_for, parse_codec,
+                    scheduler_name)
 from ..comm.buckets import make_buckets
 from ..strategies import DEFAULT_STRATEGIES
 from .model import ALGORITHMS, FABRICS, Network, fabric
 from .schedule import Plan, modelled_strategy, steady_iteration
 
 __all__ = ['load_profile', 'make_plan', 'simulate', 'Result', 'Network', 'fabric', 'FABRICS',
-           'ALGORITHMS', 'DEFAULT_STRATEGIES', 'DEFAULT_SCHEDULER', 'WIRE_RATIO']
+           'ALGORITHMS', 'DEFAULT_STRATEGIES', 'DEFAULT_SCHEDULER', 'WIRE_RATIO',
+           'collective_parts']
 
 DEFAULT_SCHEDULER = scheduler_name(DEFAULTS['priority'])   # the trainer's
 ITEMSIZE = 4   # the arenas are float32
-# Bytes on the wire per float32 byte, by --compress (layerasync.comm.compress).
+# Bytes on the wire per float32 byte of the dense codecs (layerasync.comm.compress);
+# topk and powersgd: ``collective_parts``.
 WIRE_RATIO = {None: 1.0, 'fp16': 0.5, 'bf16': 0.5}
 # The priority scheduler's round vector: two int64 counters per chunk.
 ROUND_BYTES_PER_CHUNK = 16
@@ -65,10 +68,48 @@ class Result:
         return asdict(self)
 
 
+def collective_parts(compress, chunk, bucket, layers, network, ranks):
+    """(latency, busy) of the collective(s) that reduce ``chunk`` (of ``bucket``)
+    under ``--compress`` (``layerasync.comm.compress``), on the wire only:
+
+    - none, ``fp16``, ``bf16``: an allreduce of 4 or 2 bytes per value;
+    - ``topk:R``: an all-gather of every rank's k = ceil(R n) (index, value)
+      pairs, 8 bytes each;
+    - ``powersgd:r``: (a chunk is a whole bucket) an allreduce of the P
+      factors (rows x r per matrix, vectors and small matrices dense), then
+      one of the Q factors (cols x r): their latencies and busy times add.
+      Needs each layer's ``blobs`` (shapes) in the profile.
+    """
+    n = chunk.stop - chunk.start
+    name, argument = parse_codec(compress) if compress else (None, None)
+    if name in WIRE_RATIO:
+        return network.allreduce_parts(n * ITEMSIZE * WIRE_RATIO[name], ranks)
+    if name == 'topk':
+        k = min(n, max(1, math.ceil(argument * n)))
+        return network.allgather_parts(ranks * 8 * k, ranks)
+    first = second = 0
+    for layer in bucket.layers:
+        if 'blobs' not in layers[layer]:
+            raise ValueError(f"--compress {compress}: the profile's layer "
+                             f"{layers[layer].get('name', layer)} has no blob shapes "
+                             "('blobs'); write the profile again with "
+                             '`layerasync time --model M --json FILE`')
+        for shape in layers[layer]['blobs']:
+            rows = shape[0] if shape else 1
+            cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+            if rows > argument and cols > argument:
+                first, second = first + rows * argument, second + cols * argument
+            else:
+                first += rows * cols
+    (a, b), (c, d) = (network.allreduce_parts(ITEMSIZE * v, ranks) for v in (first, second))
+    return a + c, b + d
+
+
 def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
               chunk_bytes=DEFAULTS['chunk_bytes'], in_flight=DEFAULTS['max_in_flight'],
               scheduler=DEFAULT_SCHEDULER, update_rate=2.5e9, compute_speedup=1.0,
-              hook_overhead=0.0, compress=None, servers=1, server_ingress=True, straggler=1.0):
+              hook_overhead=0.0, compress=None, codec_rate=math.inf, servers=1,
+              server_ingress=True, straggler=1.0):
     """The ``schedule.Plan`` of one rank of ``ranks``.
 
     ``update_rate``: parameter bytes per second of the solver update.
@@ -78,9 +119,12 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     ``hook_overhead``: seconds of compute per layer hook that posts or
     progresses communication (the compute thread's share of communication,
     see ``schedule``); measured, not derived — 0 assumes it away.
-    ``compress``: ``fp16`` or ``bf16`` sends each allreduce in half the bytes
-    (``WIRE_RATIO``; the strategies that do not compress, ``sharded`` and
-    ``local-sgd``, are not modelled with it). ``servers``: the parameter
+    ``compress``: a ``--compress`` codec, whose collectives ``collective_parts``
+    costs (``sharded``, which does not compress, sends float32 whatever it
+    says); ``codec_rate``: float32 gradient bytes per second the codec packs
+    and unpacks (``calibrate.measure_codec_rate``), compute that delays each
+    chunk's post and completion and is charged to the link in the chunk's
+    turn (default: free). ``servers``: the parameter
     servers of ``ps-sync``/``ps-async`` (``ranks`` are then the workers);
     ``straggler``: one rank's forward and backward take F times the others'
     (``--straggler RANK:F`` of a replayed run). Every collective, and every
@@ -106,16 +150,21 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
                              'bytes is not a whole number of float32 values')
     segments = backward_layout({i: layer['param_bytes'] // ITEMSIZE
                                 for i, layer in enumerate(layers)})
+    codec = parse_codec(compress)[0] if compress else None   # ValueError names a bad one
+    if not codec_rate > 0:
+        raise ValueError(f'codec_rate must be positive, not {codec_rate}')
+    if codec == 'powersgd':
+        chunk_bytes = 0   # as the communicator: PowerSGD compresses whole matrices
     buckets, chunks = make_buckets(segments, fusion_bytes, chunk_bytes, ITEMSIZE)
-    if compress not in WIRE_RATIO:
-        raise ValueError(f"compression '{compress}': the simulator models "
-                         f"{', '.join(str(k) for k in WIRE_RATIO if k)}")
-    sizes = [(c.stop - c.start) * ITEMSIZE * WIRE_RATIO[compress] for c in chunks]
-    parts = [network.allreduce_parts(n, ranks) for n in sizes]
+    sizes = [(c.stop - c.start) * ITEMSIZE for c in chunks]
+    parts = [collective_parts(compress, c, buckets[c.bucket], layers, network, ranks)
+             for c in chunks]
+    coding = [n / codec_rate if codec and ranks > 1 else 0.0 for n in sizes]
     # 'auto' decides as the communicator does, on the modelled allreduce of all
-    # the gradients where the trainer measures one.
-    priority = choose_priority(SCHEDULERS[scheduler],
-                               network.allreduce_time(sum(sizes), ranks) if ranks > 1 else 0.0)
+    # the gradients where the trainer measures one (what the codecs send).
+    comm_s = (network.allreduce_time(sum(sizes) * WIRE_RATIO[codec], ranks)
+              if codec in WIRE_RATIO else sum(map(sum, parts)))
+    priority = choose_priority(SCHEDULERS[scheduler], comm_s if ranks > 1 else 0.0)
     # Rounds are tiny messages: any MPI library reduces them with its
     # latency-optimal algorithm, whatever carries the gradients.
     round_s = (network.with_(algorithm='auto').allreduce_time(
@@ -125,15 +174,13 @@ def make_plan(profile, network, ranks, fusion_bytes=DEFAULTS['fusion_bytes'],
     return Plan(forward_s=[slow * 1e-3 * layer['forward_ms'] for layer in layers],
                 backward_s=[slow * 1e-3 * layer['backward_ms'] for layer in layers],
                 update_s=[scale * layer['param_bytes'] / update_rate for layer in layers],
-                buckets=buckets, chunks=chunks, chunk_busy_s=[busy for _, busy in parts],
+                buckets=buckets, chunks=chunks,
+                chunk_busy_s=[busy + code for (_, busy), code in zip(parts, coding)],
                 chunk_latency_s=[latency for latency, _ in parts],
                 in_flight=in_flight_for(in_flight, priority),
                 priority=priority, round_s=round_s, hook_s=hook_overhead if ranks > 1 else 0.0,
-                # sharded sends float32 whatever --compress says
-                scatter_parts=[network.reduce_scatter_parts(n / WIRE_RATIO[compress], ranks)
-                               for n in sizes],
-                gather_parts=[network.allgather_parts(n / WIRE_RATIO[compress], ranks)
-                              for n in sizes], ranks=ranks,
+                scatter_parts=[network.reduce_scatter_parts(n, ranks) for n in sizes],
+                gather_parts=[network.allgather_parts(n, ranks) for n in sizes], ranks=ranks,
                 servers=servers, network=network, server_ingress=server_ingress,
                 param_bytes=[layer['param_bytes'] for layer in layers],
                 update_rate=update_rate * compute_speedup, straggler=straggler)

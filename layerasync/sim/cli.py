@@ -14,9 +14,11 @@ import math
 from ..bench import write_csv
 from ..comm import DEFAULTS, SCHEDULERS
 from ..units import RATE_SPELLINGS, parse_rate
-from . import (ALGORITHMS, DEFAULT_SCHEDULER, DEFAULT_STRATEGIES, FABRICS, WIRE_RATIO, fabric,
+from . import (ALGORITHMS, DEFAULT_SCHEDULER, DEFAULT_STRATEGIES, FABRICS, fabric,
                load_profile, make_plan, simulate)
-from .calibrate import fit_network, fit_report, load_sweep, measure_update_rate
+from .._args import compression
+from .calibrate import (fit_network, fit_report, load_sweep, measure_codec_rate,
+                        measure_update_rate)
 from .model import parse_latency
 
 __all__ = ['add_commands', 'parse_ranks']
@@ -110,9 +112,14 @@ def add_commands(subparsers):
     g.add_argument('--in-flight', type=int, default=DEFAULTS['max_in_flight'], metavar='N',
                    help='at most N chunk reductions in flight (default: as layerasync train, '
                         'by scheduler)')
-    g.add_argument('--compress', choices=[k for k in WIRE_RATIO if k], default=None,
-                   help='gradients on the wire as 16-bit floats: half the bytes of each '
-                        'allreduce (the packing compute is not modelled)')
+    g.add_argument('--compress', type=compression, default=None,
+                   metavar='fp16|bf16|topk:RATIO|powersgd:RANK',
+                   help="gradient compression as train's --compress: what its collectives "
+                        'send, and its packing at --codec-rate (powersgd needs a profile '
+                        'with blob shapes)')
+    g.add_argument('--codec-rate', type=_argument(parse_rate, '--codec-rate'), metavar='RATE',
+                   help='gradient bytes per second the codec packs and unpacks, e.g. 1GB/s '
+                        '(default: measured here, with --compress)')
     g.add_argument('--scheduler', choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER,
                    help='post order: as ready, or forward priority; auto: as layerasync train '
                         'chooses, from the modelled link (default %(default)s)')
@@ -155,10 +162,12 @@ def cmd_sim(args):
     strategies = ([s.strip() for item in args.strategy for s in item.split(',') if s.strip()]
                   if args.strategy else list(DEFAULT_STRATEGIES))
     update_rate = args.update_rate or measure_update_rate(profile.get('param_bytes', 0))
+    codec_rate = (args.codec_rate or measure_codec_rate(args.compress) if args.compress
+                  else math.inf)
     settings = dict(fusion_bytes=args.fusion_bytes, chunk_bytes=args.chunk_bytes,
                     in_flight=args.in_flight, scheduler=args.scheduler, update_rate=update_rate,
                     compute_speedup=args.compute_speedup, hook_overhead=hook,
-                    compress=args.compress, servers=args.servers,
+                    compress=args.compress, codec_rate=codec_rate, servers=args.servers,
                     server_ingress=not args.unshaped_ingress, straggler=args.straggler)
     results = simulate(profile, network, args.ranks, strategies, **settings)
     plan = make_plan(profile, network, 1, **settings)
@@ -171,7 +180,8 @@ def cmd_sim(args):
         speedup += f', {1e6 * hook:.3g} us per layer hook'
     print(f'Network {network.describe()}; update {update_rate / 1e9:.3g} GB/s{speedup}; '
           f'{args.fusion_bytes} B fusion, {args.chunk_bytes} B chunks, {args.scheduler} '
-          f'scheduler, {args.in_flight} in flight')
+          f'scheduler, {args.in_flight} in flight'
+          + (f'; {args.compress} packing {codec_rate / 1e9:.3g} GB/s' if args.compress else ''))
     print(format_table(results))
     if args.csv:
         # No communication (one rank): no overlap, an empty cell.
