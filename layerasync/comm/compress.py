@@ -23,14 +23,16 @@ commutative), so every strategy computes the iterates of ``sync`` under the
 same compression.
 """
 import math
+import time
 
 import numpy as np
 from mpi4py import MPI
 from numba import njit
 
 from . import parse_codec
+from .buckets import Chunk
 
-__all__ = ['make_codec', 'Half', 'TopK', 'PowerSGD']
+__all__ = ['make_codec', 'measure_rate', 'Half', 'TopK', 'PowerSGD']
 
 JIT = dict(nogil=True, cache=True)
 
@@ -354,3 +356,38 @@ def make_codec(spec, ranks, size=0, dtype=np.float32, blobs=()):
             raise ValueError(f'--compress {spec} needs the parameter blobs\' shapes')
         return PowerSGD(argument, ranks, size, dtype, blobs)
     return Half(name, ranks)
+
+
+def measure_rate(spec, nbytes=4 << 20, repeats=5):
+    """Float32 gradient bytes per second that codec ``spec`` (``--compress``)
+    encodes and decodes on this machine, one rank's work for one chunk of
+    ``nbytes``: fp16/bf16 pack, one pass of their 16-bit reduction and
+    unpack; topk choose and scatter back; PowerSGD both products, the QR and
+    the approximation, on a square matrix of ``nbytes``. The collectives run on
+    ``MPI.COMM_SELF`` (one rank: no transfer). Best of ``repeats``."""
+    name, _ = parse_codec(spec)
+    side = int(np.sqrt(nbytes // 4))
+    count = side * side
+    rng = np.random.default_rng(0)
+    gradient = rng.standard_normal(count).astype(np.float32)
+    buffer = np.empty_like(gradient)
+    blobs = [(slice(0, count), (side, side))]
+    codec = make_codec(spec, 1, count, np.float32, blobs)
+    chunk = Chunk(0, 0, 0, count, (0, 0))
+    best = float('inf')
+    try:
+        for attempt in range(repeats + 1):   # the first one compiles or loads the kernels
+            buffer[...] = gradient
+            start = time.perf_counter()
+            request = codec.start(MPI.COMM_SELF, buffer, chunk, attempt)
+            for _ in range(codec.phases):
+                request.Wait()
+                if name in ('fp16', 'bf16'):
+                    wire = buffer.view(np.uint16)[:count]
+                    codec.op.Reduce_local([wire.copy(), MPI.UINT16_T], [wire, MPI.UINT16_T])
+                request = codec.finish(MPI.COMM_SELF, buffer, chunk, attempt)
+            if attempt:
+                best = min(best, time.perf_counter() - start)
+    finally:
+        codec.free()
+    return 4 * count / best

@@ -80,41 +80,9 @@ def measure_update_rate(nbytes, repeats=5):
     return 4 * count / best
 
 
+
 def measure_codec_rate(spec, nbytes=4 << 20, repeats=5):
     """Float32 gradient bytes per second that codec ``spec`` (``--compress``)
-    encodes and decodes on this machine, one rank's work for one chunk of
-    ``nbytes``: fp16/bf16 pack, one pass of their 16-bit reduction and
-    unpack; topk choose and scatter back; PowerSGD both products, the QR and
-    the approximation, on a square matrix of ``nbytes``. The collectives run on
-    ``MPI.COMM_SELF`` (one rank: no transfer). Best of ``repeats``."""
-    from mpi4py import MPI
-
-    from ..comm import parse_codec
-    from ..comm.buckets import Chunk
-    from ..comm.compress import make_codec
-    name, _ = parse_codec(spec)
-    side = int(np.sqrt(nbytes // 4))
-    count = side * side
-    rng = np.random.default_rng(0)
-    gradient = rng.standard_normal(count).astype(np.float32)
-    buffer = np.empty_like(gradient)
-    blobs = [(slice(0, count), (side, side))]
-    codec = make_codec(spec, 1, count, np.float32, blobs)
-    chunk = Chunk(0, 0, 0, count, 0)
-    best = float('inf')
-    try:
-        for attempt in range(repeats + 1):   # the first one compiles or loads the kernels
-            buffer[...] = gradient
-            start = time.perf_counter()
-            request = codec.start(MPI.COMM_SELF, buffer, chunk, attempt)
-            for _ in range(codec.phases):
-                request.Wait()
-                if name in ('fp16', 'bf16'):
-                    wire = buffer.view(np.uint16)[:count]
-                    codec.op.Reduce_local([wire.copy(), MPI.UINT16_T], [wire, MPI.UINT16_T])
-                request = codec.finish(MPI.COMM_SELF, buffer, chunk, attempt)
-            if attempt:
-                best = min(best, time.perf_counter() - start)
-    finally:
-        codec.free()
-    return 4 * count / best
+    packs and unpacks on this machine: ``layerasync.comm.compress.measure_rate``."""
+    from ..comm.compress import measure_rate
+    return measure_rate(spec, nbytes, repeats)
